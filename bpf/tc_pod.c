@@ -1,0 +1,151 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* TC ingress on a pod's host-side veth (pod egress). Anti-spoofing first (source MAC and IP must
+ * be the pod's own), then the forwarding rules, then: another local pod -> bpf_redirect_peer into
+ * it; anywhere else -> bpf_fib_lookup and redirect out of the FIB's device (bpf_redirect_neigh when
+ * the neighbour is not resolved yet). Anything the rules do not cover goes to the stack. */
+#include "lib/fwd.h"
+
+/* BCC 0.26 declares bpf_redirect_neigh with 3 arguments and the verifier rejects that call. */
+static long (*redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int plen,
+			      __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
+
+/* The source key of an IP packet; 1 when the source is one the stack must see (DHCP 0.0.0.0,
+ * IPv6 unspecified or link-local used by neighbour discovery), -1 when truncated. */
+static __always_inline int load_src(int proto, void *l3, void *data_end, struct endpoint_key *src)
+{
+	if (proto == ETH_P_IP) {
+		struct iphdr *iph = l3;
+
+		if ((void *)(iph + 1) > data_end)
+			return -1;
+		if (iph->saddr == 0)
+			return 1;
+		src->family = XDPCNI_FAMILY_IPV4;
+		__builtin_memcpy(src->addr, &iph->saddr, 4);
+		return 0;
+	}
+	if (proto == ETH_P_IPV6) {
+		struct ipv6hdr *ip6h = l3;
+
+		if ((void *)(ip6h + 1) > data_end)
+			return -1;
+		if (ipv6_martian(&ip6h->saddr))
+			return 1;
+		src->family = XDPCNI_FAMILY_IPV6;
+		__builtin_memcpy(src->addr, &ip6h->saddr, 16);
+		return 0;
+	}
+	return 1;
+}
+
+static __always_inline int fib_forward(struct __sk_buff *ctx, struct fwd_plan *plan, __u32 ep_id,
+				       __u32 bytes)
+{
+	struct bpf_fib_lookup p = {};
+	struct bpf_redir_neigh nh = {};
+	int rc;
+
+	p.ifindex = ctx->ingress_ifindex;
+	p.l4_protocol = plan->l4proto;
+	p.tot_len = plan->ip_len;
+	if (plan->family == XDPCNI_FAMILY_IPV4) {
+		p.family = FAMILY_AF_INET;
+		p.tos = plan->tos;
+		__builtin_memcpy(&p.ipv4_src, plan->src.addr, 4);
+		__builtin_memcpy(&p.ipv4_dst, plan->dst.addr, 4);
+	} else {
+		p.family = FAMILY_AF_INET6;
+		p.flowinfo = plan->flowinfo;
+		__builtin_memcpy(p.ipv6_src, plan->src.addr, 16);
+		__builtin_memcpy(p.ipv6_dst, plan->dst.addr, 16);
+	}
+	rc = bpf_fib_lookup(ctx, &p, sizeof(p), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		if (ctx_rewrite(ctx, plan, p.dmac, p.smac) < 0)
+			goto pass;
+		count(ep_id, REASON_FWD_POD_TO_NIC, bytes);
+		return bpf_redirect(p.ifindex, 0);
+	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* MACs are filled in by the neighbour subsystem; only TTL and padding here. */
+		if (ctx_rewrite(ctx, plan, p.dmac, p.smac) < 0)
+			goto pass;
+		nh.nh_family = p.family;
+		if (p.family == FAMILY_AF_INET)
+			nh.ipv4_nh = p.ipv4_dst;
+		else
+			__builtin_memcpy(nh.ipv6_nh, p.ipv6_dst, 16);
+		count(ep_id, REASON_FWD_POD_TO_NIC, bytes);
+		return redirect_neigh(p.ifindex, &nh, sizeof(nh), 0);
+	}
+pass:
+	count(ep_id, REASON_PASS_FIB, bytes);
+	return TC_ACT_OK;
+}
+
+int tc_pod(struct __sk_buff *ctx)
+{
+	__u32 ifindex = ctx->ingress_ifindex, bytes = ctx->len;
+	struct endpoint_info *src_ep, *dst_ep;
+	struct fwd_plan plan = {};
+	struct endpoint_key src = {};
+	struct hdr_cursor nh;
+	struct iface_info *ifc;
+	struct ethhdr *eth;
+	void *data, *data_end;
+	int proto, r;
+
+	ifc = ifaces.lookup(&ifindex);
+	if (!ifc)
+		return TC_ACT_OK; /* not (or no longer) an endpoint: the stack decides */
+	ctx_pull(ctx, L3_PULL_LEN);
+	data = ctx_data(ctx);
+	data_end = ctx_data_end(ctx);
+	nh.pos = data;
+	proto = parse_ethhdr(&nh, data_end, &eth);
+	if (proto < 0) {
+		r = REASON_PASS_BAD_HEADER;
+		goto pass;
+	}
+	if (!mac_eq(eth->h_source, ifc->pod_mac)) {
+		count(ifc->ep_id, REASON_DROP_SPOOF_MAC, bytes);
+		return TC_ACT_SHOT;
+	}
+	r = load_src(proto, nh.pos, data_end, &src);
+	if (r < 0) {
+		r = REASON_PASS_BAD_HEADER;
+		goto pass;
+	}
+	if (r == 0) {
+		src_ep = endpoints.lookup(&src);
+		if (!src_ep || src_ep->ifindex != ifindex) {
+			count(ifc->ep_id, REASON_DROP_SPOOF_IP, bytes);
+			return TC_ACT_SHOT;
+		}
+	}
+	if (!mac_eq(eth->h_dest, ifc->host_mac)) {
+		r = REASON_PASS_L2_DEST;
+		goto pass;
+	}
+	if (proto_is_vlan(proto)) {
+		r = REASON_PASS_VLAN;
+		goto pass;
+	}
+	plan.l3off = ETH_HLEN;
+	r = check_ip(proto, &nh, data_end, ctx->len, &plan);
+	if (r >= 0)
+		goto pass;
+	dst_ep = endpoints.lookup(&plan.dst);
+	if (dst_ep) {
+		if (ctx_rewrite(ctx, &plan, dst_ep->pod_mac, dst_ep->host_mac) < 0) {
+			r = REASON_PASS_PADDING;
+			goto pass;
+		}
+		count(ifc->ep_id, REASON_FWD_POD_TO_POD, bytes);
+		return bpf_redirect_peer(dst_ep->ifindex, 0);
+	}
+	return fib_forward(ctx, &plan, ifc->ep_id, bytes);
+pass:
+	count(ifc->ep_id, r, bytes);
+	return TC_ACT_OK;
+}

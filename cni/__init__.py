@@ -1,0 +1,1 @@
+"""xdpcni CNI plugin."""

@@ -1,0 +1,107 @@
+"""ctypes mirror of bpf/lib/structs.h and bpf/lib/consts.h, field for field.
+
+tests/kernel/test_abi.py checks every struct's size against the key/value size the kernel reports
+for the loaded map, and the reason enum against the C header, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import enum
+import ipaddress
+
+MAX_ENDPOINTS = 4096
+REASON_MAX = 24
+FAMILY_IPV4 = 4
+FAMILY_IPV6 = 6
+
+
+class Reason(enum.IntEnum):
+    FWD_NIC_TO_POD = 0
+    FWD_POD_TO_POD = 1
+    FWD_POD_TO_NIC = 2
+    PASS_NOT_IP = 3
+    PASS_L2_DEST = 4
+    PASS_VLAN = 5
+    PASS_BAD_HEADER = 6
+    PASS_IP_OPTIONS = 7
+    PASS_FRAGMENT = 8
+    PASS_EXT_HEADER = 9
+    PASS_MARTIAN = 10
+    PASS_TTL = 11
+    PASS_NO_ENDPOINT = 12
+    PASS_FIB = 13
+    PASS_PADDING = 14
+    DROP_SPOOF_MAC = 15
+    DROP_SPOOF_IP = 16
+    DROP_REDIRECT = 17
+
+    @property
+    def verdict(self) -> str:
+        return self.name.split("_", 1)[0].lower()
+
+
+Mac = ct.c_uint8 * 6
+
+
+class EndpointKey(ct.Structure):
+    _fields_ = [("addr", ct.c_uint8 * 16), ("family", ct.c_uint8), ("pad", ct.c_uint8 * 3)]
+
+    @classmethod
+    def for_ip(cls, ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> "EndpointKey":
+        addr = ipaddress.ip_address(ip)
+        key = cls()
+        raw = addr.packed
+        ct.memmove(key.addr, raw, len(raw))
+        key.family = FAMILY_IPV4 if addr.version == 4 else FAMILY_IPV6
+        return key
+
+    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        raw = bytes(self.addr)
+        return ipaddress.IPv4Address(raw[:4]) if self.family == FAMILY_IPV4 else ipaddress.IPv6Address(raw)
+
+
+class EndpointInfo(ct.Structure):
+    _fields_ = [
+        ("ifindex", ct.c_uint32),
+        ("ep_id", ct.c_uint32),
+        ("pod_mac", Mac),
+        ("host_mac", Mac),
+        ("flags", ct.c_uint32),
+    ]
+
+
+class IfaceInfo(ct.Structure):
+    _fields_ = [("ep_id", ct.c_uint32), ("pod_mac", Mac), ("host_mac", Mac)]
+
+
+class NodeConfig(ct.Structure):
+    _fields_ = [
+        ("nic_ifindex", ct.c_uint32),
+        ("nic_mac", Mac),
+        ("vlan_id", ct.c_uint16),
+        ("flags", ct.c_uint32),
+        ("pad", ct.c_uint32),
+    ]
+
+
+class Counter(ct.Structure):
+    _fields_ = [("packets", ct.c_uint64), ("bytes", ct.c_uint64)]
+
+
+def mac_to_bytes(mac: str) -> Mac:
+    return Mac(*bytes.fromhex(mac.replace(":", "")))
+
+
+def mac_to_str(mac) -> str:
+    return ":".join(f"{b:02x}" for b in bytes(mac))
+
+
+# map name -> (key type, value type): the contract checked against the loaded maps.
+MAP_LAYOUT = {
+    "endpoints": (EndpointKey, EndpointInfo),
+    "ifaces": (ct.c_uint32, IfaceInfo),
+    "node_cfg": (ct.c_uint32, NodeConfig),
+    "counters": (ct.c_uint32, Counter),
+    "tx_ports": (ct.c_uint32, ct.c_uint32),
+}

@@ -1,0 +1,65 @@
+"""Node configuration (conf/xdpcni.yaml): which NIC, which mode, where the pins live."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+import yaml
+
+from .pins import DEFAULT_ROOT
+
+MODES = ("auto", "xdp", "tc")
+DEFAULT_CONFIG_PATH = "/etc/xdpcni/xdpcni.yaml"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class NodeConfig:
+    nic: str
+    mode: str = "auto"
+    bpffs_root: str = DEFAULT_ROOT
+    vlan: int = 0
+    pod_cidrs: list[str] = field(default_factory=list)
+    mtu: int = 1500
+
+    def __post_init__(self) -> None:
+        if not self.nic or not isinstance(self.nic, str):
+            raise ConfigError("nic: the node's uplink interface name is required (e.g. eth0)")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
+        if not isinstance(self.vlan, int) or not 0 <= self.vlan <= 4094:
+            raise ConfigError(f"vlan: {self.vlan!r} is not a VLAN id 0..4094 (0 = untagged)")
+        if not str(self.bpffs_root).startswith("/sys/fs/bpf/"):
+            raise ConfigError(f"bpffs_root: {self.bpffs_root!r} must be under /sys/fs/bpf/")
+        if not isinstance(self.mtu, int) or not 576 <= self.mtu <= 3506:
+            raise ConfigError(f"mtu: {self.mtu!r} must be 576..3506 (veth native XDP limit)")
+        for cidr in self.pod_cidrs:
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError as exc:
+                raise ConfigError(f"pod_cidrs: {cidr!r}: {exc}") from exc
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NodeConfig":
+        if not isinstance(data, dict):
+            raise ConfigError("node config must be a YAML mapping")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown node config field(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str) -> "NodeConfig":
+        try:
+            with open(path) as fh:
+                data = yaml.safe_load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read node config {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        return cls.from_dict(data or {})

@@ -1,0 +1,195 @@
+"""xdpcnictl: load, inspect and remove the xdpcni node datapath.
+
+  xdpcnictl load --nic eth1 [--mode auto|xdp|tc]   compile, pin, attach (idempotent; reload = upgrade)
+  xdpcnictl unload                                 detach and remove every pin
+  xdpcnictl status                                 what is loaded where, in which mode
+  xdpcnictl endpoints                              the endpoint table
+  xdpcnictl stats [--ep ID]                        fast-path / pass / drop counters per endpoint
+  xdpcnictl demo                                   the one-command demo (simulated 2-node cluster)
+
+--netns NAME runs the command in that network namespace (net only: bpffs pins stay visible).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+from . import abi
+from .config import DEFAULT_CONFIG_PATH, ConfigError, NodeConfig
+from .netns import entered
+from .pins import DEFAULT_ROOT, PinLayout
+from .probes import ProbeError
+
+
+def _config(args) -> NodeConfig:
+    data = {}
+    path = args.config or (DEFAULT_CONFIG_PATH if os.path.exists(DEFAULT_CONFIG_PATH) else None)
+    if path:
+        data = NodeConfig.from_yaml(path).__dict__.copy()
+    for field in ("nic", "mode", "vlan"):
+        val = getattr(args, field, None)
+        if val is not None:
+            data[field] = val
+    if args.root:
+        data["bpffs_root"] = args.root
+    if "nic" not in data:
+        raise ConfigError("no NIC given: pass --nic or a node config with `nic:` (--config)")
+    return NodeConfig.from_dict(data)
+
+
+def _root(args) -> str:
+    if args.root:
+        return args.root
+    if args.config:
+        return NodeConfig.from_yaml(args.config).bpffs_root
+    return DEFAULT_ROOT
+
+
+def cmd_load(args) -> int:
+    from .loader import load
+
+    cfg = _config(args)
+    t0 = time.monotonic()
+    state = load(cfg, log=lambda m: print(m, flush=True))
+    print(
+        f"loaded: {state.nic} (ifindex {state.nic_ifindex}) mode={state.mode} "
+        f"(asked {state.requested_mode}) pins={state.root} in {time.monotonic() - t0:.1f}s",
+        flush=True,
+    )
+    if args.wait:
+        # Stay in the foreground like an agent would; the datapath does not depend on us.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        print("ready", flush=True)
+        while True:
+            time.sleep(3600)
+    return 0
+
+
+def cmd_unload(args) -> int:
+    from .loader import unload
+
+    if not unload(_root(args)):
+        print(f"nothing loaded under {_root(args)}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .loader import NodeState
+
+    root = _root(args)
+    state = NodeState.read(root)
+    layout = PinLayout(root)
+    out = {"root": root, "loaded": layout.is_loaded(), "state": state.__dict__ if state else None}
+    if layout.is_loaded():
+        from .endpoints import EndpointTable
+
+        with EndpointTable(root) as table:
+            out["endpoints"] = len(table.list())
+    if args.json:
+        print(json.dumps(out, indent=2))
+    elif not out["loaded"]:
+        print(f"xdpcni datapath: not loaded (no pins under {root})")
+        return 1
+    else:
+        s = out["state"] or {}
+        print(f"xdpcni datapath: loaded under {root}")
+        print(f"  NIC {s.get('nic')} (ifindex {s.get('nic_ifindex')}), mode {s.get('mode')}")
+        print(f"  programs {s.get('prog_ids')}")
+        print(f"  endpoints {out['endpoints']}")
+    return 0
+
+
+def cmd_endpoints(args) -> int:
+    from .endpoints import EndpointTable
+
+    with EndpointTable(_root(args)) as table:
+        eps = table.list()
+    if args.json:
+        print(json.dumps([e.as_dict() for e in eps], indent=2))
+        return 0
+    print(f"{'ID':>4}  {'IFINDEX':>7}  {'POD MAC':17}  {'HOST MAC':17}  IPS")
+    for e in eps:
+        print(f"{e.ep_id:>4}  {e.ifindex:>7}  {e.pod_mac:17}  {e.host_mac:17}  {' '.join(e.ips)}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from .endpoints import EndpointTable
+    from .stats import Stats
+
+    root = _root(args)
+    with EndpointTable(root) as table:
+        eps = {e.ep_id: e for e in table.list()}
+    ids = [args.ep] if args.ep is not None else [0, *sorted(eps)]
+    rows = []
+    with Stats(root) as stats:
+        for ep_id in ids:
+            for reason, c in stats.endpoint(ep_id).items():
+                rows.append((ep_id, reason, c))
+    if args.json:
+        print(json.dumps([{"ep_id": i, "reason": r.name, "packets": c.packets, "bytes": c.bytes} for i, r, c in rows]))
+        return 0
+    print(f"{'EP':>4}  {'WHO':24}  {'REASON':18}  {'PACKETS':>10}  {'BYTES':>12}")
+    for ep_id, reason, c in rows:
+        who = "node" if ep_id == 0 else (eps[ep_id].ips[0] if ep_id in eps and eps[ep_id].ips else "?")
+        print(f"{ep_id:>4}  {who:24}  {reason.name.lower():18}  {c.packets:>10}  {c.bytes:>12}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from tests.harness.demo import run_demo
+
+    return run_demo(mode=args.mode or "tc")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xdpcnictl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--netns", help="run in this network namespace (name or path)")
+    p.add_argument("--root", help=f"bpffs pin root (default {DEFAULT_ROOT})")
+    p.add_argument("--config", help=f"node config YAML (default {DEFAULT_CONFIG_PATH} if present)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    lp = sub.add_parser("load", help="compile, pin and attach the node datapath (reload = upgrade)")
+    lp.add_argument("--nic", help="the node's uplink interface")
+    lp.add_argument("--mode", choices=("auto", "xdp", "tc"), help="NIC attach mode (default auto)")
+    lp.add_argument("--vlan", type=int, help="802.1Q VLAN id that carries pod traffic (0 = none)")
+    lp.add_argument("--wait", action="store_true", help="stay in the foreground after loading (until SIGTERM)")
+    lp.set_defaults(func=cmd_load)
+    sub.add_parser("unload", help="detach and remove all pins").set_defaults(func=cmd_unload)
+    sp = sub.add_parser("status", help="is the datapath loaded, where, in which mode")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_status)
+    ep = sub.add_parser("endpoints", help="list the endpoint table")
+    ep.add_argument("--json", action="store_true")
+    ep.set_defaults(func=cmd_endpoints)
+    st = sub.add_parser("stats", help="per-endpoint counters by reason (ep 0 = node-level)")
+    st.add_argument("--ep", type=int, help="only this endpoint id")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_stats)
+    dp = sub.add_parser("demo", help="simulated 2-node cluster showing the bypass, then cleanup")
+    dp.add_argument("--mode", choices=("xdp", "tc"), help="NIC mode for the demo (default tc)")
+    dp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with entered(args.netns):
+            return args.func(args)
+    except (ProbeError, ConfigError, FileNotFoundError) as exc:
+        print(f"xdpcnictl: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # operator-facing: one line, not a traceback
+        if os.environ.get("XDPCNI_DEBUG"):
+            raise
+        print(f"xdpcnictl: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

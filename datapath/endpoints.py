@@ -1,0 +1,159 @@
+"""Typed endpoint table over the pinned maps: what the CNI writes on ADD and removes on DEL.
+
+One endpoint = one pod interface: its host-side veth (ifindex, MAC), the pod's MAC and its IPs.
+Written in an order that never exposes half an endpoint to the programs: the redirect target and
+the anti-spoofing entry first, the addresses (what makes traffic flow) last; removal in reverse.
+Must run in the node's network namespace: DEVMAP updates resolve ifindexes in the caller's netns.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import ipaddress
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from . import abi
+from .maps import PerCpuArray, PinnedMap
+from .pins import DEFAULT_ROOT, PinLayout
+
+LOCK_DIR = "/run/xdpcni/locks"
+
+
+class EndpointTableFull(RuntimeError):
+    pass
+
+
+@dataclass
+class Endpoint:
+    ifindex: int  # host-side veth, node namespace
+    pod_mac: str
+    host_mac: str
+    ips: list[str] = field(default_factory=list)
+    ep_id: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "ep_id": self.ep_id,
+            "ifindex": self.ifindex,
+            "pod_mac": self.pod_mac,
+            "host_mac": self.host_mac,
+            "ips": list(self.ips),
+        }
+
+
+class EndpointTable:
+    def __init__(self, root: str = DEFAULT_ROOT):
+        self.layout = PinLayout(root)
+        self.endpoints = PinnedMap(self.layout, "endpoints")
+        self.ifaces = PinnedMap(self.layout, "ifaces")
+        self.tx_ports = PinnedMap(self.layout, "tx_ports")
+        self.counters = PerCpuArray(self.layout, "counters")
+
+    def close(self) -> None:
+        for m in (self.endpoints, self.ifaces, self.tx_ports, self.counters):
+            m.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @contextmanager
+    def _locked(self):
+        """Serialise ep_id allocation between concurrent CNI processes on this node."""
+        os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+        name = self.layout.root.strip("/").replace("/", "_") + ".lock"
+        fd = os.open(os.path.join(LOCK_DIR, name), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def add(self, ep: Endpoint) -> Endpoint:
+        """Insert (or refresh) the endpoint; returns it with its ep_id assigned."""
+        with self._locked():
+            existing = self.ifaces.get(ep.ifindex)
+            ep.ep_id = existing.ep_id if existing is not None else self._free_ep_id()
+            if existing is None:
+                for reason in range(abi.REASON_MAX):
+                    self.counters.zero(ep.ep_id * abi.REASON_MAX + reason)
+            pod_mac = abi.mac_to_bytes(ep.pod_mac)
+            host_mac = abi.mac_to_bytes(ep.host_mac)
+            self.tx_ports.put(ep.ifindex, ctypes.c_uint32(ep.ifindex))
+            self.ifaces.put(ep.ifindex, abi.IfaceInfo(ep_id=ep.ep_id, pod_mac=pod_mac, host_mac=host_mac))
+            info = abi.EndpointInfo(ifindex=ep.ifindex, ep_id=ep.ep_id, pod_mac=pod_mac, host_mac=host_mac)
+            for ip in ep.ips:
+                self.endpoints.put(abi.EndpointKey.for_ip(ip), info)
+        return ep
+
+    def remove(self, ifindex: int, ips: list[str] | None = None) -> bool:
+        """Remove the endpoint on `ifindex` (and the given IPs wherever they point).
+
+        Returns False when nothing was there: DEL of something already gone is success.
+        """
+        found = False
+        with self._locked():
+            for key, info in self.endpoints.items():
+                if info.ifindex == ifindex:
+                    found |= self.endpoints.delete(key)
+            for ip in ips or []:
+                found |= self.endpoints.delete(abi.EndpointKey.for_ip(ip))
+            iface = self.ifaces.get(ifindex)
+            if iface is not None:
+                found |= self.ifaces.delete(ifindex)
+                for reason in range(abi.REASON_MAX):
+                    self.counters.zero(iface.ep_id * abi.REASON_MAX + reason)
+            found |= self.tx_ports.delete(ifindex)
+        return found
+
+    def remove_ips(self, ips: list[str]) -> bool:
+        """Remove address entries only (used when the veth is already gone and its ifindex unknown)."""
+        found = False
+        for ip in ips:
+            key = abi.EndpointKey.for_ip(ip)
+            info = self.endpoints.get(key)
+            if info is not None:
+                found |= self.remove(info.ifindex, ips)
+        return found
+
+    def get(self, ip: str) -> Endpoint | None:
+        info = self.endpoints.get(abi.EndpointKey.for_ip(ip))
+        if info is None:
+            return None
+        return next((e for e in self.list() if e.ifindex == info.ifindex), None)
+
+    def list(self) -> list[Endpoint]:
+        by_ifindex: dict[int, Endpoint] = {}
+        for ifindex_key, iface in self.ifaces.items():
+            ifindex = ifindex_key.value
+            by_ifindex[ifindex] = Endpoint(
+                ifindex=ifindex,
+                pod_mac=abi.mac_to_str(iface.pod_mac),
+                host_mac=abi.mac_to_str(iface.host_mac),
+                ep_id=iface.ep_id,
+            )
+        for key, info in self.endpoints.items():
+            ep = by_ifindex.get(info.ifindex)
+            if ep is None:  # address entry without its interface entry: show it anyway
+                ep = by_ifindex[info.ifindex] = Endpoint(
+                    ifindex=info.ifindex,
+                    pod_mac=abi.mac_to_str(info.pod_mac),
+                    host_mac=abi.mac_to_str(info.host_mac),
+                    ep_id=info.ep_id,
+                )
+            ep.ips.append(str(key.ip()))
+        for ep in by_ifindex.values():
+            ep.ips.sort(key=lambda s: (ipaddress.ip_address(s).version, ipaddress.ip_address(s)))
+        return sorted(by_ifindex.values(), key=lambda e: e.ep_id)
+
+    def _free_ep_id(self) -> int:
+        used = {iface.ep_id for _, iface in self.ifaces.items()}
+        for ep_id in range(1, abi.MAX_ENDPOINTS):
+            if ep_id not in used:
+                return ep_id
+        raise EndpointTableFull(f"all {abi.MAX_ENDPOINTS - 1} endpoint slots are in use")

@@ -1,0 +1,35 @@
+"""Pod-level datapath work done on every CNI ADD/DEL: no compiling, only pins and netlink.
+
+attach(): the pod program on the host-side veth's TC ingress (pod egress, anti-spoofing) and the
+XDP_PASS program on the pod's eth0 (without it a veth silently drops XDP-redirected frames).
+"""
+
+from __future__ import annotations
+
+import os
+
+from pyroute2 import IPRoute
+
+from . import attach as nl
+from .loader import open_program
+
+
+def attach_host_side(ipr: IPRoute, root: str, host_ifindex: int) -> None:
+    fd = open_program(root, "tc_pod")
+    try:
+        nl.attach_tc_ingress(ipr, host_ifindex, fd, "xdpcni_tc_pod")
+    finally:
+        os.close(fd)
+
+
+def attach_pod_side(pod_ipr: IPRoute, root: str, pod_ifindex: int) -> None:
+    """pod_ipr is an IPRoute bound to the pod's namespace; the fd is resolved in our process."""
+    fd = open_program(root, "xdp_pod")
+    try:
+        nl.attach_xdp(pod_ipr, pod_ifindex, fd, nl.XDP_FLAGS_DRV_MODE)
+    finally:
+        os.close(fd)
+
+
+def detach_host_side(ipr: IPRoute, host_ifindex: int) -> None:
+    nl.detach_tc_ingress(ipr, host_ifindex)

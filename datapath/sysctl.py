@@ -1,0 +1,51 @@
+"""Per-device forwarding switches, written through /proc/sys of the caller's network namespace.
+
+xdpcni turns forwarding on per device (NIC and host-side veths) and leaves the node's global
+switch alone: bpf_fib_lookup and the kernel's fallback path need it on the devices involved, and
+with the global switch off any packet the kernel forwards is provably not one the fast path took.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _write(path: str, value: str) -> bool:
+    try:
+        with open(path, "w") as fh:
+            fh.write(value)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def enable_forwarding(ifname: str) -> None:
+    _write(f"/proc/sys/net/ipv4/conf/{ifname}/forwarding", "1")
+    _write(f"/proc/sys/net/ipv6/conf/{ifname}/forwarding", "1")
+    # Kernel >= 6.17: IPv6 forwarding on this device even with the global switch off; without it
+    # the kernel fallback for IPv6 (e.g. hop limit exceeded) needs net.ipv6.conf.all.forwarding=1.
+    _write(f"/proc/sys/net/ipv6/conf/{ifname}/force_forwarding", "1")
+
+
+def disable_ipv6_ra(ifname: str) -> None:
+    """A forwarding device must not autoconfigure from router advertisements."""
+    _write(f"/proc/sys/net/ipv6/conf/{ifname}/accept_ra", "0")
+
+
+def read_snmp(netns_proc_pid: int | None = None) -> dict[str, int]:
+    """`Ip:` and `Ip6` counters of the caller's network namespace (per-namespace files)."""
+    base = f"/proc/{netns_proc_pid}/net" if netns_proc_pid else "/proc/self/net"
+    out: dict[str, int] = {}
+    with open(os.path.join(base, "snmp")) as fh:
+        lines = fh.read().splitlines()
+    for head, vals in zip(lines[::2], lines[1::2]):
+        names = head.split()[1:]
+        prefix = head.split(":")[0]
+        for n, v in zip(names, vals.split()[1:]):
+            out[f"{prefix}{n}"] = int(v)
+    with open(os.path.join(base, "snmp6")) as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) == 2:
+                out[parts[0]] = int(parts[1])
+    return out

@@ -1,0 +1,1 @@
+"""netns cluster harness: simulated nodes, pods and a wire, shared by tests, demo and benchmarks."""

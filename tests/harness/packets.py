@@ -1,0 +1,103 @@
+"""Send and capture raw frames inside a namespace; scapy builds and dissects them.
+
+AF_PACKET sockets are created inside the target namespace and then used from ours (a socket
+stays bound to the namespace it was made in), so no subprocess is needed per packet.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from contextlib import contextmanager
+
+from datapath.netns import entered
+
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+
+
+def _packet_socket(ns: str, ifname: str) -> socket.socket:
+    with entered(ns):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        s.bind((ifname, 0))
+    return s
+
+
+def send_frames(ns: str, ifname: str, frames, count: int = 1) -> None:
+    """Transmit each frame `count` times from `ifname` in namespace `ns`."""
+    s = _packet_socket(ns, ifname)
+    try:
+        for frame in frames:
+            raw = bytes(frame)
+            for _ in range(count):
+                s.send(raw)
+    finally:
+        s.close()
+
+
+class Capture:
+    """Frames received on an interface (outgoing ones are skipped)."""
+
+    def __init__(self, ns: str, ifname: str):
+        self.ns, self.ifname = ns, ifname
+        self.sock = _packet_socket(ns, ifname)
+        self.sock.setblocking(False)
+        self.frames: list[bytes] = []
+
+    def read(self, timeout: float = 0.5, want: int | None = None) -> list[bytes]:
+        """Collect frames until `timeout` passes with nothing new, or `want` frames arrived."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or (want is not None and len(self.frames) >= want):
+                break
+            r, _, _ = select.select([self.sock], [], [], left)
+            if not r:
+                break
+            while True:
+                try:
+                    data, addr = self.sock.recvfrom(65535)
+                except BlockingIOError:
+                    break
+                if addr[2] != PACKET_OUTGOING:
+                    self.frames.append(data)
+                    deadline = max(deadline, time.monotonic() + 0.2)
+        return self.frames
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextmanager
+def capture(ns: str, ifname: str):
+    cap = Capture(ns, ifname)
+    try:
+        yield cap
+    finally:
+        cap.close()
+
+
+def snmp(ns: str) -> dict[str, int]:
+    """/proc/net/snmp and snmp6 counters of namespace `ns` (files are per namespace)."""
+    out: dict[str, int] = {}
+    with entered(ns):
+        with open("/proc/thread-self/net/snmp") as fh:
+            lines = fh.read().splitlines()
+        with open("/proc/thread-self/net/snmp6") as fh:
+            lines6 = fh.read().splitlines()
+    for head, vals in zip(lines[::2], lines[1::2]):
+        prefix = head.split(":")[0]
+        for n, v in zip(head.split()[1:], vals.split()[1:]):
+            out[f"{prefix}{n}"] = int(v)
+    for line in lines6:
+        parts = line.split()
+        if len(parts) == 2:
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def forwarded(ns: str) -> int:
+    """Packets the kernel forwarded in `ns` (IPv4 + IPv6): must not move for fast-path traffic."""
+    c = snmp(ns)
+    return c["IpForwDatagrams"] + c["Ip6OutForwDatagrams"]

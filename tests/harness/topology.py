@@ -1,0 +1,234 @@
+"""Simulated cluster: a wire namespace with a bridge (the switch, and the "wire host" on it) and
+N node namespaces whose NIC is a veth plugged into that bridge; pods hang off nodes.
+
+Addresses exist only inside these namespaces (RFC 2544 benchmark range and the IPv6
+documentation prefix); nodes have no default route. Every object is named with a per-run
+prefix and removed by Cluster.teardown(), which fixtures call also when a test fails.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute, netns
+
+from cni import plumbing
+from datapath import pod as pod_dp
+from datapath.endpoints import Endpoint, EndpointTable
+from datapath.netns import entered
+
+TEST_PIN_BASE = "/sys/fs/bpf/xdpcni-test"
+WIRE_V4 = ipaddress.ip_network("198.18.0.0/24")
+WIRE_V6 = ipaddress.ip_network("2001:db8::/64")
+WIRE_HOST_V4 = "198.18.0.1"
+WIRE_HOST_V6 = "2001:db8::1"
+VENV_BIN = os.path.dirname(sys.executable)
+
+
+def pod_cidrs(node_index: int) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network]:
+    return (
+        ipaddress.ip_network(f"198.19.{node_index}.0/24"),
+        ipaddress.ip_network(f"2001:db8:1:{node_index}::/64"),
+    )
+
+
+def run_in(ns: str, *cmd: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    """Run a command in a namespace's network (not mount) namespace, so bpffs pins stay visible."""
+    return subprocess.run(
+        ["nsenter", f"--net=/var/run/netns/{ns}", *cmd], check=check, timeout=timeout, text=True,
+        capture_output=True, **kw
+    )
+
+
+def _sysctl(ns: str, key: str, value: str) -> None:
+    with entered(ns):
+        with open("/proc/sys/" + key.replace(".", "/"), "w") as fh:
+            fh.write(value)
+
+
+@dataclass
+class Pod:
+    name: str
+    ns: str
+    node: "Node"
+    ips: list[str]
+    link: plumbing.PodLink | None = None
+    ep: Endpoint | None = None
+
+    @property
+    def ip4(self) -> str | None:
+        return next((a for a in self.ips if ":" not in a), None)
+
+    @property
+    def ip6(self) -> str | None:
+        return next((a for a in self.ips if ":" in a), None)
+
+
+@dataclass
+class Node:
+    cluster: "Cluster"
+    index: int
+    ns: str
+    nic: str
+    nic_ip4: str
+    nic_ip6: str
+    nic_mac: str
+    wire_port: str
+    pin_root: str
+    pods: list[Pod] = field(default_factory=list)
+    loaded_mode: str | None = None
+
+    @property
+    def cidr4(self):
+        return pod_cidrs(self.index)[0]
+
+    @property
+    def cidr6(self):
+        return pod_cidrs(self.index)[1]
+
+    def ctl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        return run_in(self.ns, os.path.join(VENV_BIN, "xdpcnictl"), "--root", self.pin_root, *args,
+                      check=check, timeout=timeout)
+
+    def load(self, mode: str = "tc") -> subprocess.CompletedProcess:
+        res = self.ctl("load", "--nic", self.nic, "--mode", mode)
+        self.loaded_mode = mode
+        return res
+
+    def unload(self) -> None:
+        self.ctl("unload", check=False)
+        self.loaded_mode = None
+
+    def add_pod(self, name: str | None = None, n: int | None = None) -> Pod:
+        """A pod plumbed and programmed directly through the datapath API (no CNI binary)."""
+        n = len(self.pods) + 2 if n is None else n
+        name = name or f"p{n}"
+        ns = f"{self.ns}-{name}"
+        netns.create(ns)
+        self.cluster.namespaces.append(ns)
+        ips = [str(self.cidr4[n]), str(self.cidr6[n])]
+        pod = Pod(name, ns, self, ips)
+        with entered(self.ns), IPRoute() as ipr:
+            host_if = plumbing.host_ifname_for(ns, "eth0")
+            link = plumbing.create_veth(ipr, f"/var/run/netns/{ns}", host_if, "eth0", 1500)
+            plumbing.configure_pod_side(f"/var/run/netns/{ns}", link, ips)
+            plumbing.configure_host_side(ipr, link, ips)
+            with IPRoute(netns=f"/var/run/netns/{ns}") as pod_ipr:
+                pod_dp.attach_pod_side(pod_ipr, self.pin_root, link.pod_ifindex)
+            pod_dp.attach_host_side(ipr, self.pin_root, link.host_ifindex)
+            with EndpointTable(self.pin_root) as table:
+                pod.ep = table.add(Endpoint(link.host_ifindex, link.pod_mac, link.host_mac, ips))
+        pod.link = link
+        self.pods.append(pod)
+        return pod
+
+
+class Cluster:
+    def __init__(self, n_nodes: int = 1, prefix: str | None = None):
+        self.prefix = prefix or "xc" + secrets.token_hex(3)
+        self.wire = f"{self.prefix}-wire"
+        self.namespaces: list[str] = []
+        self.nodes: list[Node] = []
+        try:
+            self._make_wire()
+            for i in range(n_nodes):
+                self._make_node(i)
+        except BaseException:
+            self.teardown()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.teardown()
+
+    def _make_wire(self) -> None:
+        netns.create(self.wire)
+        self.namespaces.append(self.wire)
+        with IPRoute(netns=f"/var/run/netns/{self.wire}") as w:
+            w.link("set", index=w.link_lookup(ifname="lo")[0], state="up")
+            w.link("add", ifname="br0", kind="bridge")
+            br = w.link_lookup(ifname="br0")[0]
+            w.link("set", index=br, state="up")
+            w.addr("add", index=br, address=WIRE_HOST_V4, prefixlen=24)
+            w.addr("add", index=br, address=WIRE_HOST_V6, prefixlen=64, flags=plumbing.IFA_F_NODAD)
+        # Frames from the wire host's own sockets must carry finished checksums: an XDP NIC turns
+        # skbs into xdp_frames, which carry no checksum state (DESIGN.md "Checksums").
+        run_in(self.wire, "ethtool", "-K", "br0", "tx", "off", check=False)
+
+    def _make_node(self, i: int) -> Node:
+        ns = f"{self.prefix}-n{i}"
+        netns.create(ns)
+        self.namespaces.append(ns)
+        port = f"n{i}"
+        nic_ip4, nic_ip6 = str(WIRE_V4[10 + i]), str(WIRE_V6[10 + i])
+        with IPRoute(netns=f"/var/run/netns/{self.wire}") as w:
+            w.link("add", ifname=port, kind="veth", peer={"ifname": "nic0"})
+            peer = w.link_lookup(ifname="nic0")[0]
+            fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
+            try:
+                w.link("set", index=peer, net_ns_fd=fd)
+            finally:
+                os.close(fd)
+            p = w.link_lookup(ifname=port)[0]
+            w.link("set", index=p, master=w.link_lookup(ifname="br0")[0], state="up")
+            c4, c6 = pod_cidrs(i)
+            w.route("replace", dst=str(c4), gateway=nic_ip4)
+            w.route("replace", dst=str(c6), gateway=nic_ip6, family=10)
+        run_in(self.wire, "ethtool", "-K", port, "tx", "off", check=False)
+        with IPRoute(netns=f"/var/run/netns/{ns}") as n:
+            n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
+            nic = n.link_lookup(ifname="nic0")[0]
+            n.addr("add", index=nic, address=nic_ip4, prefixlen=24)
+            n.addr("add", index=nic, address=nic_ip6, prefixlen=64, flags=plumbing.IFA_F_NODAD)
+            n.link("set", index=nic, state="up")
+            mac = n.get_links(nic)[0].get_attr("IFLA_ADDRESS")
+            for other in self.nodes:  # native routing to the other nodes' pod CIDRs
+                n.route("replace", dst=str(other.cidr4), gateway=other.nic_ip4)
+                n.route("replace", dst=str(other.cidr6), gateway=other.nic_ip6, family=10)
+        for other in self.nodes:
+            c4, c6 = pod_cidrs(i)
+            with IPRoute(netns=f"/var/run/netns/{other.ns}") as o:
+                o.route("replace", dst=str(c4), gateway=nic_ip4)
+                o.route("replace", dst=str(c6), gateway=nic_ip6, family=10)
+        _sysctl(ns, "net.ipv6.conf.nic0.accept_ra", "0")
+        node = Node(self, i, ns, "nic0", nic_ip4, nic_ip6, mac, port, f"{TEST_PIN_BASE}/{ns}")
+        self.nodes.append(node)
+        return node
+
+    @property
+    def wire_mac(self) -> str:
+        with IPRoute(netns=f"/var/run/netns/{self.wire}") as w:
+            return w.get_links(w.link_lookup(ifname="br0")[0])[0].get_attr("IFLA_ADDRESS")
+
+    def teardown(self) -> None:
+        """Remove everything, in an order that cannot leave pins or attachments behind."""
+        from datapath.loader import unload
+
+        for node in self.nodes:
+            try:
+                if os.path.exists(f"/var/run/netns/{node.ns}"):
+                    with entered(node.ns):
+                        unload(node.pin_root, log=lambda m: None)
+                else:
+                    unload(node.pin_root, log=lambda m: None)
+            except Exception as exc:  # keep going: the namespaces must go regardless
+                print(f"teardown: unload {node.ns}: {exc}", file=sys.stderr)
+            shutil.rmtree(node.pin_root, ignore_errors=True)
+        for ns in reversed(self.namespaces):
+            try:
+                netns.remove(ns)
+            except Exception:
+                pass
+        self.namespaces.clear()
+        try:
+            os.rmdir(TEST_PIN_BASE)
+        except OSError:
+            pass
