@@ -17,7 +17,7 @@ ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 
 
-def _packet_socket(ns: str, ifname: str) -> socket.socket:
+def packet_socket(ns: str, ifname: str) -> socket.socket:
     with entered(ns):
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         s.bind((ifname, 0))
@@ -26,7 +26,7 @@ def _packet_socket(ns: str, ifname: str) -> socket.socket:
 
 def send_frames(ns: str, ifname: str, frames, count: int = 1) -> None:
     """Transmit each frame `count` times from `ifname` in namespace `ns`."""
-    s = _packet_socket(ns, ifname)
+    s = packet_socket(ns, ifname)
     try:
         for frame in frames:
             raw = bytes(frame)
@@ -41,7 +41,7 @@ class Capture:
 
     def __init__(self, ns: str, ifname: str):
         self.ns, self.ifname = ns, ifname
-        self.sock = _packet_socket(ns, ifname)
+        self.sock = packet_socket(ns, ifname)
         self.sock.setblocking(False)
         self.frames: list[bytes] = []
 
@@ -101,3 +101,31 @@ def forwarded(ns: str) -> int:
     """Packets the kernel forwarded in `ns` (IPv4 + IPv6): must not move for fast-path traffic."""
     c = snmp(ns)
     return c["IpForwDatagrams"] + c["Ip6OutForwDatagrams"]
+
+
+def udp_exchange(src_ns: str, dst_ns: str, dst_ip: str, n: int = 10, port: int = 40000,
+                 payload: bytes = b"xdpcni", timeout: float = 2.0) -> int:
+    """Send n datagrams from a socket in src_ns to dst_ip:port where a socket in dst_ns listens;
+    returns how many arrived (real reachability through both kernels and the datapath)."""
+    fam = socket.AF_INET6 if ":" in dst_ip else socket.AF_INET
+    with entered(dst_ns):
+        rx = socket.socket(fam, socket.SOCK_DGRAM)
+        rx.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
+    with entered(src_ns):
+        tx = socket.socket(fam, socket.SOCK_DGRAM)
+    got = 0
+    try:
+        rx.settimeout(timeout)
+        for i in range(n):
+            tx.sendto(payload + i.to_bytes(4, "big"), (dst_ip, port))
+        deadline = time.monotonic() + timeout
+        while got < n and time.monotonic() < deadline:
+            try:
+                rx.recv(2048)
+                got += 1
+            except socket.timeout:
+                break
+    finally:
+        rx.close()
+        tx.close()
+    return got

@@ -24,6 +24,7 @@ from datapath.endpoints import Endpoint, EndpointTable
 from datapath.netns import entered
 
 TEST_PIN_BASE = "/sys/fs/bpf/xdpcni-test"
+TEST_DATA_BASE = "/run/xdpcni-test"  # CNI dataDir (leases, attachment records) per node
 WIRE_V4 = ipaddress.ip_network("198.18.0.0/24")
 WIRE_V6 = ipaddress.ip_network("2001:db8::/64")
 WIRE_HOST_V4 = "198.18.0.1"
@@ -83,6 +84,10 @@ class Node:
     pin_root: str
     pods: list[Pod] = field(default_factory=list)
     loaded_mode: str | None = None
+
+    @property
+    def data_dir(self) -> str:
+        return f"{TEST_DATA_BASE}/{self.ns}"
 
     @property
     def cidr4(self):
@@ -222,13 +227,15 @@ class Cluster:
             except Exception as exc:  # keep going: the namespaces must go regardless
                 print(f"teardown: unload {node.ns}: {exc}", file=sys.stderr)
             shutil.rmtree(node.pin_root, ignore_errors=True)
+            shutil.rmtree(node.data_dir, ignore_errors=True)
         for ns in reversed(self.namespaces):
             try:
                 netns.remove(ns)
             except Exception:
                 pass
         self.namespaces.clear()
-        try:
-            os.rmdir(TEST_PIN_BASE)
-        except OSError:
-            pass
+        for base in (TEST_PIN_BASE, TEST_DATA_BASE):
+            try:
+                os.rmdir(base)
+            except OSError:
+                pass

@@ -1,0 +1,1 @@
+"""Address management: the built-in host-local-style allocator and delegation to IPAM plugins."""

@@ -1,0 +1,60 @@
+"""The built-in allocator over a LeaseStore: one address per range set, all or nothing."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from ..errors import ALREADY_EXISTS, IPAM_EXHAUSTED, CniError
+from .ranges import RangeSet
+from .store import LeaseStore
+
+
+def allocate(store: LeaseStore, range_sets: list[RangeSet], container_id: str, ifname: str) -> list[str]:
+    """Reserve one address in every range set for (container_id, ifname); returns them."""
+    got: list[str] = []
+    with store.locked():
+        if store.owned_by(container_id, ifname):
+            raise CniError(ALREADY_EXISTS, f"{container_id}/{ifname} already holds addresses: DEL it first")
+        try:
+            for idx, rs in enumerate(range_sets):
+                got.append(_allocate_one(store, idx, rs, container_id, ifname))
+        except BaseException:
+            for ip in got:
+                store.release(ip)
+            raise
+    return got
+
+
+def _allocate_one(store: LeaseStore, idx: int, rs: RangeSet, container_id: str, ifname: str) -> str:
+    last = store.last_reserved(idx)
+    after = None
+    if last:
+        try:
+            after = ipaddress.ip_address(last)
+        except ValueError:
+            after = None
+    taken = store.leases()
+    for ip in rs.candidates(after):
+        s = str(ip)
+        if s in taken:
+            continue
+        if store.reserve(s, container_id, ifname):
+            store.set_last_reserved(idx, s)
+            return s
+    ranges = ", ".join(f"{r.start}-{r.end}" for r in rs.ranges)
+    raise CniError(IPAM_EXHAUSTED, f"no free address left in range set {idx} ({ranges})")
+
+
+def release(store: LeaseStore, container_id: str, ifname: str) -> list[str]:
+    """Release every lease of (container_id, ifname); none is fine (DEL twice)."""
+    with store.locked():
+        ips = store.owned_by(container_id, ifname)
+        for ip in ips:
+            store.release(ip)
+    return ips
+
+
+def free_addresses(store: LeaseStore, range_sets: list[RangeSet]) -> list[int]:
+    """Free addresses per range set (STATUS reports a set with none left)."""
+    taken = [ipaddress.ip_address(ip) for ip in store.leases()]
+    return [rs.size - sum(1 for ip in taken if ip in rs) for rs in range_sets]

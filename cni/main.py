@@ -1,0 +1,107 @@
+"""xdpcni: the CNI plugin executable a container runtime runs from /opt/cni/bin.
+
+Contract (CNI spec 1.1.0): CNI_COMMAND and the other CNI_* variables in the environment, the
+network configuration as JSON on stdin; the result (ADD), version info (VERSION) or an error
+object on stdout; exit 0 on success, 1 on error. Diagnostics go to stderr only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from . import env as cni_env
+from . import netconf, version
+from .errors import INTERNAL, CniError
+
+USAGE = """\
+xdpcni — CNI plugin with an eBPF (XDP/TC) fast path from the node NIC to pods.
+
+It is run by a container runtime, not by hand: CNI_COMMAND=ADD|DEL|CHECK|VERSION|GC|STATUS,
+CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME, CNI_PATH (and optional CNI_ARGS) in the environment,
+the network configuration JSON on stdin. Example:
+
+  echo '{"cniVersion":"1.1.0"}' | CNI_COMMAND=VERSION xdpcni
+
+Supported spec versions: {versions}. Example config: conf/10-xdpcni.conflist.
+Operator tool for the node datapath: xdpcnictl --help.
+"""
+
+
+def _dispatch(environ: dict[str, str], stdin: bytes) -> dict | None:
+    env = cni_env.from_environ(environ)
+    if env.command == "VERSION":
+        requested = None
+        try:
+            requested = json.loads(stdin or b"{}").get("cniVersion")
+        except (ValueError, AttributeError):
+            pass
+        return version.version_result(requested if isinstance(requested, str) else None)
+
+    data = netconf.decode(stdin)
+    conf = netconf.parse(data, env.command)
+    version.require_supported(conf.cni_version, env.command)
+    if env.command == "ADD":
+        from .commands import add
+
+        return add.run(env, conf)
+    if env.command == "DEL":
+        from .commands import delete
+
+        delete.run(env, conf)
+    elif env.command == "CHECK":
+        from .commands import check
+
+        check.run(env, conf)
+    elif env.command == "GC":
+        from .commands import gc
+
+        removed = gc.run(env, conf)["removed"]
+        if removed:
+            print(f"xdpcni GC: removed attachments of {', '.join(removed)}", file=sys.stderr)
+    elif env.command == "STATUS":
+        from .commands import status
+
+        status.run(env, conf)
+    return None
+
+
+def _error_version(stdin: bytes) -> str:
+    try:
+        v = json.loads(stdin).get("cniVersion")
+        return v if v in version.SUPPORTED_VERSIONS else version.LATEST
+    except Exception:
+        return version.LATEST
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help", "help") or (not argv and "CNI_COMMAND" not in os.environ
+                                                        and sys.stdin.isatty()):
+        print(USAGE.replace("{versions}", ", ".join(version.SUPPORTED_VERSIONS)))
+        return 0
+    if argv and argv[0] == "--version":
+        print(f"xdpcni CNI plugin, spec versions {', '.join(version.SUPPORTED_VERSIONS)}")
+        return 0
+    stdin = b"" if os.environ.get("CNI_COMMAND") == "VERSION" and sys.stdin.isatty() else sys.stdin.buffer.read()
+    try:
+        out = _dispatch(dict(os.environ), stdin)
+    except CniError as exc:
+        print(json.dumps(exc.to_dict(_error_version(stdin))))
+        print(f"xdpcni: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # never a traceback on stdout: the runtime parses it
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        err = CniError(INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        print(json.dumps(err.to_dict(_error_version(stdin))))
+        return 1
+    if out is not None:
+        print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

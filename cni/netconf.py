@@ -1,0 +1,183 @@
+"""The network configuration on stdin: decode (code 6), check (code 7), and resolve the node's
+datapath settings (netconf fields override the optional node config YAML).
+
+Field by field documentation lives in conf/10-xdpcni.conflist; this module is the one place that
+reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+from datapath.config import DEFAULT_CONFIG_PATH, MODES, ConfigError, NodeConfig
+from datapath.pins import DEFAULT_ROOT
+
+from .errors import DECODE_FAILURE, INVALID_NETCONF, CniError
+from .ipam.ranges import RangeSet, parse_range_sets
+
+DEFAULT_DATA_DIR = "/var/lib/cni/xdpcni"
+BUILTIN_IPAM = "xdpcni"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+
+
+@dataclass
+class IpamConf:
+    type: str
+    raw: dict  # passed verbatim to a delegated plugin
+    range_sets: list[RangeSet] = field(default_factory=list)  # built-in IPAM only
+
+    @property
+    def builtin(self) -> bool:
+        return self.type == BUILTIN_IPAM
+
+
+@dataclass
+class NetConf:
+    cni_version: str
+    name: str
+    type: str
+    ipam: IpamConf | None
+    raw: dict
+    nic: str | None = None
+    mode: str | None = None
+    bpffs_root: str | None = None
+    node_config: str | None = None
+    vlan: int | None = None
+    mtu: int | None = None
+    data_dir: str = DEFAULT_DATA_DIR
+    dns: dict = field(default_factory=dict)
+    prev_result: dict | None = None
+    valid_attachments: list[tuple[str, str]] | None = None
+
+    def node(self, require_nic: bool = False) -> NodeConfig | None:
+        """Datapath settings: the node config YAML (if named) overridden by netconf fields.
+
+        Returns None when no NIC is known (enough to use a loaded datapath, not to load one).
+        """
+        data: dict = {}
+        path = self.node_config
+        if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
+            path = DEFAULT_CONFIG_PATH  # what `make install` writes
+        if path:
+            try:
+                data = dict(NodeConfig.from_yaml(path).__dict__)
+            except ConfigError as exc:
+                raise CniError(INVALID_NETCONF, f"nodeConfig: {exc}") from exc
+        for key, val in (("nic", self.nic), ("mode", self.mode), ("bpffs_root", self.bpffs_root),
+                         ("vlan", self.vlan), ("mtu", self.mtu)):
+            if val is not None:
+                data[key] = val
+        if not data.get("nic"):
+            if require_nic:
+                raise CniError(INVALID_NETCONF, "no NIC configured: set \"nic\" or \"nodeConfig\"")
+            return None
+        try:
+            return NodeConfig.from_dict(data)
+        except ConfigError as exc:
+            raise CniError(INVALID_NETCONF, str(exc)) from exc
+
+    @property
+    def root(self) -> str:
+        if self.bpffs_root:
+            return self.bpffs_root
+        node = self.node()
+        return node.bpffs_root if node else DEFAULT_ROOT
+
+    @property
+    def pod_mtu(self) -> int:
+        if self.mtu is not None:
+            return self.mtu
+        node = self.node()
+        return node.mtu if node else 1500
+
+
+def decode(stdin: bytes) -> dict:
+    try:
+        data = json.loads(stdin)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CniError(DECODE_FAILURE, "network configuration is not valid JSON", str(exc)) from exc
+    if not isinstance(data, dict):
+        raise CniError(DECODE_FAILURE, "network configuration must be a JSON object")
+    return data
+
+
+def _opt(data: dict, key: str, typ, what: str):
+    val = data.get(key)
+    if val is None:
+        return None
+    if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
+        raise CniError(INVALID_NETCONF, f"{key}: must be {what}, got {val!r}")
+    return val
+
+
+def _ipam(data: dict, needed: bool) -> IpamConf | None:
+    ipam = data.get("ipam")
+    if ipam is None:
+        if needed:
+            raise CniError(INVALID_NETCONF, "ipam: required (type \"xdpcni\" or an IPAM plugin on CNI_PATH)")
+        return None
+    if not isinstance(ipam, dict) or not isinstance(ipam.get("type"), str) or not ipam["type"]:
+        raise CniError(INVALID_NETCONF, "ipam: must be an object with a \"type\"")
+    conf = IpamConf(type=ipam["type"], raw=ipam)
+    if conf.builtin:
+        conf.range_sets = parse_range_sets(ipam.get("ranges"))
+    return conf
+
+
+def _valid_attachments(data: dict) -> list[tuple[str, str]] | None:
+    val = data.get(VALID_ATTACHMENTS)
+    if val is None:
+        return None
+    if not isinstance(val, list):
+        raise CniError(INVALID_NETCONF, f"{VALID_ATTACHMENTS}: must be a list")
+    out = []
+    for item in val:
+        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) \
+                or not isinstance(item.get("ifname"), str):
+            raise CniError(INVALID_NETCONF, f"{VALID_ATTACHMENTS}: {item!r} lacks containerID/ifname")
+        out.append((item["containerID"], item["ifname"]))
+    return out
+
+
+def parse(data: dict, verb: str) -> NetConf:
+    """Check every field this plugin reads; IPAM is needed for the verbs that touch addresses."""
+    for key in ("cniVersion", "name", "type"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise CniError(INVALID_NETCONF, f"{key}: required string field is missing")
+    if not NAME_RE.match(data["name"]):
+        raise CniError(INVALID_NETCONF, f"name: {data['name']!r} is not a valid network name")
+    mode = _opt(data, "mode", str, "a string")
+    if mode is not None and mode not in MODES:
+        raise CniError(INVALID_NETCONF, f"mode: {mode!r} is not one of {', '.join(MODES)}")
+    mtu = _opt(data, "mtu", int, "an integer")
+    if mtu is not None and not 576 <= mtu <= 3506:
+        raise CniError(INVALID_NETCONF, f"mtu: {mtu} must be 576..3506 (veth native XDP limit)")
+    vlan = _opt(data, "vlan", int, "an integer")
+    root = _opt(data, "bpffsRoot", str, "a path")
+    if root is not None and not root.startswith("/sys/fs/bpf/"):
+        raise CniError(INVALID_NETCONF, f"bpffsRoot: {root!r} must be under /sys/fs/bpf/")
+    data_dir = _opt(data, "dataDir", str, "a path") or DEFAULT_DATA_DIR
+    if not data_dir.startswith("/"):
+        raise CniError(INVALID_NETCONF, f"dataDir: {data_dir!r} must be an absolute path")
+    prev = _opt(data, "prevResult", dict, "an object")
+    return NetConf(
+        cni_version=data["cniVersion"],
+        name=data["name"],
+        type=data["type"],
+        ipam=_ipam(data, needed=verb in ("ADD", "CHECK")),
+        raw=data,
+        nic=_opt(data, "nic", str, "an interface name"),
+        mode=mode,
+        bpffs_root=root,
+        node_config=_opt(data, "nodeConfig", str, "a path"),
+        vlan=vlan,
+        mtu=mtu,
+        data_dir=data_dir,
+        dns=_opt(data, "dns", dict, "an object") or {},
+        prev_result=prev,
+        valid_attachments=_valid_attachments(data),
+    )
