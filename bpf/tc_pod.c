@@ -122,6 +122,10 @@ int tc_pod(struct __sk_buff *ctx)
 			count(ifc->ep_id, REASON_DROP_SPOOF_IP, bytes);
 			return TC_ACT_SHOT;
 		}
+		if (src_ep->flags & XDPCNI_EP_F_EGRESS_VIA_STACK) {
+			r = REASON_PASS_POLICY;
+			goto pass;
+		}
 	}
 	if (!mac_eq(eth->h_dest, ifc->host_mac)) {
 		r = REASON_PASS_L2_DEST;
@@ -136,6 +140,10 @@ int tc_pod(struct __sk_buff *ctx)
 	if (r >= 0)
 		goto pass;
 	dst_ep = endpoints.lookup(&plan.dst);
+	if (dst_ep && (dst_ep->flags & XDPCNI_EP_F_INGRESS_VIA_STACK)) {
+		r = REASON_PASS_POLICY;
+		goto pass;
+	}
 	if (dst_ep) {
 		if (ctx_rewrite(ctx, &plan, dst_ep->pod_mac, dst_ep->host_mac) < 0) {
 			r = REASON_PASS_PADDING;

@@ -35,6 +35,7 @@ class Reason(enum.IntEnum):
     DROP_SPOOF_MAC = 15
     DROP_SPOOF_IP = 16
     DROP_REDIRECT = 17
+    PASS_POLICY = 18
 
     @property
     def verdict(self) -> str:
@@ -59,6 +60,11 @@ class EndpointKey(ct.Structure):
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         raw = bytes(self.addr)
         return ipaddress.IPv4Address(raw[:4]) if self.family == FAMILY_IPV4 else ipaddress.IPv6Address(raw)
+
+
+# endpoint_info.flags (bpf/lib/consts.h XDPCNI_EP_F_*)
+EP_F_INGRESS_VIA_STACK = 1 << 0
+EP_F_EGRESS_VIA_STACK = 1 << 1
 
 
 class EndpointInfo(ct.Structure):

@@ -51,6 +51,8 @@ class NodeConfig:
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown node config field(s): {', '.join(sorted(unknown))}")
+        if "nic" not in data:
+            raise ConfigError("nic: the node's uplink interface name is required (e.g. eth0)")
         return cls(**data)
 
     @classmethod

@@ -33,6 +33,7 @@ class Endpoint:
     host_mac: str
     ips: list[str] = field(default_factory=list)
     ep_id: int = 0
+    flags: int = 0  # abi.EP_F_*: directions that must go through the host stack
 
     def as_dict(self) -> dict:
         return {
@@ -41,6 +42,7 @@ class Endpoint:
             "pod_mac": self.pod_mac,
             "host_mac": self.host_mac,
             "ips": list(self.ips),
+            "flags": self.flags,
         }
 
 
@@ -86,7 +88,8 @@ class EndpointTable:
             host_mac = abi.mac_to_bytes(ep.host_mac)
             self.tx_ports.put(ep.ifindex, ctypes.c_uint32(ep.ifindex))
             self.ifaces.put(ep.ifindex, abi.IfaceInfo(ep_id=ep.ep_id, pod_mac=pod_mac, host_mac=host_mac))
-            info = abi.EndpointInfo(ifindex=ep.ifindex, ep_id=ep.ep_id, pod_mac=pod_mac, host_mac=host_mac)
+            info = abi.EndpointInfo(ifindex=ep.ifindex, ep_id=ep.ep_id, pod_mac=pod_mac, host_mac=host_mac,
+                                    flags=ep.flags)
             for ip in ep.ips:
                 self.endpoints.put(abi.EndpointKey.for_ip(ip), info)
         return ep
@@ -147,6 +150,7 @@ class EndpointTable:
                     ep_id=info.ep_id,
                 )
             ep.ips.append(str(key.ip()))
+            ep.flags |= info.flags
         for ep in by_ifindex.values():
             ep.ips.sort(key=lambda s: (ipaddress.ip_address(s).version, ipaddress.ip_address(s)))
         return sorted(by_ifindex.values(), key=lambda e: e.ep_id)

@@ -5,6 +5,12 @@
 #define XDPCNI_MAX_ENDPOINTS 4096 /* endpoint ids 1..4095; id 0 counts node-level traffic */
 #define XDPCNI_REASON_MAX 24      /* counters per endpoint; >= number of enum entries below */
 
+/* endpoint_info.flags: features that live in the host stack and that the fast path would skip.
+ * The CNI sets them when a chained plugin needs the kernel path for this pod. */
+#define XDPCNI_EP_F_INGRESS_VIA_STACK (1u << 0) /* to the pod: e.g. bandwidth's tbf on the host veth */
+#define XDPCNI_EP_F_EGRESS_VIA_STACK (1u << 1)  /* from the pod: e.g. portmap's DNAT needs conntrack
+						   to reverse it on the replies */
+
 /* endpoint_key.family */
 #define XDPCNI_FAMILY_IPV4 4
 #define XDPCNI_FAMILY_IPV6 6
@@ -30,5 +36,6 @@ enum xdpcni_reason {
 	REASON_DROP_SPOOF_MAC = 15,  /* pod sent with a source MAC that is not its own */
 	REASON_DROP_SPOOF_IP = 16,   /* pod sent with a source IP that is not its own */
 	REASON_DROP_REDIRECT = 17,   /* redirect target missing (map out of step) */
-	__REASON_COUNT = 18,
+	REASON_PASS_POLICY = 18,     /* the endpoint's flags send this direction through the stack */
+	__REASON_COUNT = 19,
 };

@@ -261,5 +261,9 @@ static __always_inline struct endpoint_info *nic_decide(struct ctx_buff *ctx, st
 		*reason = REASON_PASS_NO_ENDPOINT;
 		return NULL;
 	}
+	if (ep->flags & XDPCNI_EP_F_INGRESS_VIA_STACK) {
+		*reason = REASON_PASS_POLICY;
+		return NULL;
+	}
 	return ep;
 }

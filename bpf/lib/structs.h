@@ -17,7 +17,7 @@ struct endpoint_info {
 	__u32 ep_id;        /* endpoint slot 1..XDPCNI_MAX_ENDPOINTS-1: counters row */
 	__u8 pod_mac[6];    /* pod's eth0 MAC: destination MAC after rewrite */
 	__u8 host_mac[6];   /* host-side veth MAC: source MAC after rewrite */
-	__u32 flags;        /* reserved, zero */
+	__u32 flags;        /* XDPCNI_EP_F_*: directions that must take the host stack */
 };
 
 /* ifaces map value, keyed by host-side veth ifindex: who may send from that veth. */

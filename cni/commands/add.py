@@ -7,16 +7,18 @@ why the record is written first: DEL or GC finds everything from it.
 from __future__ import annotations
 
 import ipaddress
+import os
 from contextlib import ExitStack
 
 from pyroute2 import IPRoute
 
+from datapath import abi
 from datapath import pod as pod_dp
 from datapath.endpoints import Endpoint, EndpointTable, EndpointTableFull
 
 from .. import node, plumbing, testhook
 from ..env import CniEnv
-from ..errors import ALREADY_EXISTS, DATAPATH, INVALID_NETCONF, PLUMBING, CniError
+from ..errors import ALREADY_EXISTS, DATAPATH, INVALID_ENV, INVALID_NETCONF, PLUMBING, UNSUPPORTED_FIELD, CniError
 from ..ipam import builtin, delegate
 from ..netconf import NetConf
 from ..records import Record
@@ -31,6 +33,28 @@ def _allocate(conf: NetConf, env: CniEnv) -> list[str]:
     return delegate.addresses(result)
 
 
+def stack_flags(conf: NetConf) -> int:
+    """Directions of this pod's traffic that must go through the host stack because a chained
+    plugin works there: portmap's hostPort DNAT is reversed by conntrack on the pod's replies,
+    bandwidth shapes with qdiscs on the host veth. Known from the runtimeConfig capabilities
+    the runtime passes us (declare them in the conflist, see conf/10-xdpcni.conflist)."""
+    rc = conf.raw.get("runtimeConfig") or {}
+    flags = 0
+    if rc.get("portMappings"):
+        flags |= abi.EP_F_EGRESS_VIA_STACK
+    bw = rc.get("bandwidth") or {}
+    if bw.get("ingressRate"):
+        flags |= abi.EP_F_INGRESS_VIA_STACK
+    if bw.get("egressRate"):
+        # The reference bandwidth plugin shapes pod egress with an `ingress` qdisc on the host
+        # veth, whose hook our anti-spoofing program holds (clsact): refuse before creating
+        # anything rather than leave the runtime a half-built chain.
+        raise CniError(UNSUPPORTED_FIELD, "bandwidth egressRate is not supported by xdpcni",
+                       "xdpcni's pod program owns the host veth's ingress hook (anti-spoofing); "
+                       "ingressRate works (traffic to the pod then takes the host stack)")
+    return flags
+
+
 def _delete_link(name: str) -> None:
     with IPRoute() as ipr:
         plumbing.delete_host_link(ipr, name)
@@ -43,6 +67,9 @@ def _check_families(ips: list[str]) -> None:
 
 
 def run(env: CniEnv, conf: NetConf) -> dict:
+    if not os.path.exists(env.netns):
+        raise CniError(INVALID_ENV, f"CNI_NETNS {env.netns} does not exist")
+    flags = stack_flags(conf)
     node_cfg = conf.node()
     root = conf.root
     node.ensure_loaded(node_cfg, root)
@@ -87,7 +114,8 @@ def run(env: CniEnv, conf: NetConf) -> dict:
             try:
                 with EndpointTable(root) as table:
                     undo.callback(forget_endpoint, root, link.host_ifindex, ips)
-                    table.add(Endpoint(link.host_ifindex, link.pod_mac, link.host_mac, ips))
+                    table.add(Endpoint(link.host_ifindex, link.pod_mac, link.host_mac, ips,
+                                       flags=flags))
             except EndpointTableFull as exc:
                 raise CniError(DATAPATH, str(exc)) from exc
             testhook.step("maps")

@@ -149,6 +149,15 @@ class Runtime:
                 return inv
         return inv
 
+    def check_each(self, container_id: str, ns: str, ifname: str = "eth0",
+                   runtime_config: dict | None = None) -> dict[str, Invocation]:
+        """CHECK every plugin of the list (not stopping at the first failure): plugin -> result."""
+        prev = self.cache[f"{container_id}/{ifname}"]
+        return {plugin["type"]: invoke(self.node.ns, plugin["type"], "CHECK",
+                                       self._conf(plugin, prev, runtime_config), container_id=container_id,
+                                       netns_path=f"/var/run/netns/{ns}", ifname=ifname)
+                for plugin in self.conflist["plugins"]}
+
     def delete(self, container_id: str, ns: str | None, ifname: str = "eth0",
                runtime_config: dict | None = None) -> Invocation:
         prev = self.cache.get(f"{container_id}/{ifname}")

@@ -1,0 +1,35 @@
+"""conf/xdpcni.yaml is what the docs say, and bad node configs fail with a clear message."""
+
+from pathlib import Path
+
+import pytest
+
+from datapath.config import ConfigError, NodeConfig
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def test_shipped_node_config_loads():
+    cfg = NodeConfig.from_yaml(str(CONF / "xdpcni.yaml"))
+    assert cfg.mode == "auto" and cfg.bpffs_root == "/sys/fs/bpf/xdpcni" and cfg.nic
+
+
+def test_shipped_conflist_parses():
+    import json
+
+    from cni import netconf
+
+    lst = json.loads((CONF / "10-xdpcni.conflist").read_text())
+    first = {**lst["plugins"][0], "cniVersion": lst["cniVersion"], "name": lst["name"]}
+    conf = netconf.parse(first, "ADD")
+    assert conf.ipam.builtin and len(conf.ipam.range_sets) == 2
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({}, "nic"), ({"nic": "eth0", "mode": "fast"}, "mode"), ({"nic": "eth0", "vlan": 5000}, "vlan"),
+    ({"nic": "eth0", "bpffs_root": "/tmp/x"}, "bpffs_root"), ({"nic": "eth0", "mtu": 9000}, "mtu"),
+    ({"nic": "eth0", "pod_cidrs": ["10.0.0.0/33"]}, "pod_cidrs"), ({"nic": "eth0", "typo": 1}, "unknown"),
+])
+def test_bad_node_config(data, needle):
+    with pytest.raises(ConfigError, match=needle):
+        NodeConfig.from_dict(data)
