@@ -3,6 +3,10 @@
 Contract (CNI spec 1.1.0): CNI_COMMAND and the other CNI_* variables in the environment, the
 network configuration as JSON on stdin; the result (ADD), version info (VERSION) or an error
 object on stdout; exit 0 on success, 1 on error. Diagnostics go to stderr only.
+
+Two ways to run a verb, same code: handed to the node agent over its unix socket when one
+serves this node (cni/agent.py: warm process, no pyroute2 import per call), otherwise in this
+process. Module-level imports stay minimal so the agent path starts fast.
 """
 
 from __future__ import annotations
@@ -11,9 +15,7 @@ import json
 import os
 import sys
 
-from . import env as cni_env
-from . import netconf, version
-from .errors import INTERNAL, CniError
+from . import client
 
 USAGE = """\
 xdpcni — CNI plugin with an eBPF (XDP/TC) fast path from the node NIC to pods.
@@ -25,11 +27,16 @@ the network configuration JSON on stdin. Example:
   echo '{"cniVersion":"1.1.0"}' | CNI_COMMAND=VERSION xdpcni
 
 Supported spec versions: {versions}. Example config: conf/10-xdpcni.conflist.
+If a node agent listens (xdpcnictl agent; netconf "agentSocket", default
+/run/xdpcni/agent.sock) verbs run there; otherwise in this process.
 Operator tool for the node datapath: xdpcnictl --help.
 """
 
 
 def _dispatch(environ: dict[str, str], stdin: bytes) -> dict | None:
+    from . import env as cni_env
+    from . import netconf, version
+
     env = cni_env.from_environ(environ)
     if env.command == "VERSION":
         requested = None
@@ -68,6 +75,8 @@ def _dispatch(environ: dict[str, str], stdin: bytes) -> dict | None:
 
 
 def _error_version(stdin: bytes) -> str:
+    from . import version
+
     try:
         v = json.loads(stdin).get("cniVersion")
         return v if v in version.SUPPORTED_VERSIONS else version.LATEST
@@ -75,32 +84,49 @@ def _error_version(stdin: bytes) -> str:
         return version.LATEST
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help", "help") or (not argv and "CNI_COMMAND" not in os.environ
-                                                        and sys.stdin.isatty()):
-        print(USAGE.replace("{versions}", ", ".join(version.SUPPORTED_VERSIONS)))
-        return 0
-    if argv and argv[0] == "--version":
-        print(f"xdpcni CNI plugin, spec versions {', '.join(version.SUPPORTED_VERSIONS)}")
-        return 0
-    stdin = b"" if os.environ.get("CNI_COMMAND") == "VERSION" and sys.stdin.isatty() else sys.stdin.buffer.read()
+def execute(environ: dict[str, str], stdin: bytes) -> tuple[int, str]:
+    """Run one verb in this process: (exit code, stdout text). Diagnostics go to stderr."""
+    from .errors import INTERNAL, CniError
+
     try:
-        out = _dispatch(dict(os.environ), stdin)
+        out = _dispatch(environ, stdin)
     except CniError as exc:
-        print(json.dumps(exc.to_dict(_error_version(stdin))))
         print(f"xdpcni: {exc}", file=sys.stderr)
-        return 1
+        return 1, json.dumps(exc.to_dict(_error_version(stdin)))
     except Exception as exc:  # never a traceback on stdout: the runtime parses it
         import traceback
 
         traceback.print_exc(file=sys.stderr)
         err = CniError(INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
-        print(json.dumps(err.to_dict(_error_version(stdin))))
-        return 1
-    if out is not None:
-        print(json.dumps(out))
-    return 0
+        return 1, json.dumps(err.to_dict(_error_version(stdin)))
+    return 0, json.dumps(out) if out is not None else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help", "help") or (not argv and "CNI_COMMAND" not in os.environ
+                                                        and sys.stdin.isatty()):
+        from .version import SUPPORTED_VERSIONS
+
+        print(USAGE.replace("{versions}", ", ".join(SUPPORTED_VERSIONS)))
+        return 0
+    if argv and argv[0] == "--version":
+        from .version import SUPPORTED_VERSIONS
+
+        print(f"xdpcni CNI plugin, spec versions {', '.join(SUPPORTED_VERSIONS)}")
+        return 0
+    environ = dict(os.environ)
+    stdin = b"" if environ.get("CNI_COMMAND") == "VERSION" and sys.stdin.isatty() else sys.stdin.buffer.read()
+    reply = client.via_agent(environ, stdin) if environ.get("CNI_COMMAND") != "VERSION" else None
+    if reply is not None:
+        rc, stdout, stderr = reply
+        if stderr:
+            sys.stderr.write(stderr)
+    else:
+        rc, stdout = execute(environ, stdin)
+    if stdout:
+        print(stdout)
+    return rc
 
 
 if __name__ == "__main__":

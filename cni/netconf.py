@@ -164,6 +164,7 @@ def parse(data: dict, verb: str) -> NetConf:
     if not data_dir.startswith("/"):
         raise CniError(INVALID_NETCONF, f"dataDir: {data_dir!r} must be an absolute path")
     prev = _opt(data, "prevResult", dict, "an object")
+    _opt(data, "agentSocket", str, "a path (\"\" disables the agent)")
     return NetConf(
         cni_version=data["cniVersion"],
         name=data["name"],

@@ -5,6 +5,7 @@
   xdpcnictl status                                 what is loaded where, in which mode
   xdpcnictl endpoints                              the endpoint table
   xdpcnictl stats [--ep ID]                        fast-path / pass / drop counters per endpoint
+  xdpcnictl agent [--socket PATH]                  serve CNI verbs warm (optional accelerator)
   xdpcnictl demo                                   the one-command demo (simulated 2-node cluster)
 
 --netns NAME runs the command in that network namespace (net only: bpffs pins stay visible).
@@ -141,6 +142,12 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_agent(args) -> int:
+    from cni.agent import serve
+
+    return serve(args.socket)
+
+
 def cmd_demo(args) -> int:
     from tests.harness.demo import run_demo
 
@@ -170,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--ep", type=int, help="only this endpoint id")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_stats)
+    ag = sub.add_parser("agent", help="serve CNI verbs warm on a unix socket (the plugin falls back "
+                        "to in-process work when no agent runs)")
+    ag.add_argument("--socket", default="/run/xdpcni/agent.sock", help="socket path (default %(default)s)")
+    ag.set_defaults(func=cmd_agent)
     dp = sub.add_parser("demo", help="simulated 2-node cluster showing the bypass, then cleanup")
     dp.add_argument("--mode", choices=("xdp", "tc"), help="NIC mode for the demo (default tc)")
     dp.set_defaults(func=cmd_demo)

@@ -88,6 +88,7 @@ def xdpcni_netconf(node: Node, mode: str = "tc", cni_version: str = "1.1.0", ipa
         "mode": mode,
         "bpffsRoot": node.pin_root,
         "dataDir": node.data_dir,
+        "agentSocket": "",  # in-process unless a test starts an agent for this node
         "ipam": ipam or {"type": "xdpcni", "ranges": [[{"subnet": str(node.cidr4)}], [{"subnet": str(node.cidr6)}]]},
         **extra,
     }

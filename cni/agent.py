@@ -1,0 +1,97 @@
+"""xdpcni node agent: a warm process that runs CNI verbs for the plugin executable.
+
+Why: a plugin process that imports pyroute2 spends ~130 ms on imports before it does any work;
+the agent pays that once. The executable (cni/client.py) hands over env + stdin on a unix
+socket and prints the reply; if no agent answers it runs the same code in-process, so the
+agent is an accelerator, never a dependency.
+
+Requests are served one at a time, in the order they arrive: verbs take node-wide locks anyway,
+and one thread keeps setns()/netlink state simple. The agent must run in the node's network
+namespace; a client from another namespace is told to fall back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import sys
+import time
+
+from . import client
+from .main import execute
+
+
+def _serve_one(conn: socket.socket, own_netns: int, log) -> None:
+    conn.settimeout(30)
+    try:
+        req = client.recv_msg(conn)
+    except (OSError, ValueError) as exc:
+        log(f"bad request: {exc}")
+        return
+    if req.get("netns") != own_netns:
+        client.send_msg(conn, {"fallback": "client is in another network namespace"})
+        return
+    env = {k: v for k, v in (req.get("env") or {}).items() if k.startswith("CNI_")}
+    t0 = time.monotonic()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc, stdout = execute(env, req.get("stdin", "").encode(errors="surrogateescape"))
+    log(f"{env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} rc={rc} "
+        f"{(time.monotonic() - t0) * 1000:.1f}ms")
+    try:
+        client.send_msg(conn, {"rc": rc, "stdout": stdout, "stderr": err.getvalue()})
+    except OSError as exc:
+        log(f"client went away before the reply: {exc}")
+
+
+def serve(path: str = client.DEFAULT_SOCKET, log=None) -> int:
+    log = log or (lambda m: print(f"xdpcni-agent: {m}", flush=True))
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            log(f"another agent already serves {path}")
+            return 1
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)  # stale socket of a dead agent
+        finally:
+            probe.close()
+    # Warm up: everything a verb imports, before the first request arrives.
+    import cni.commands.add, cni.commands.check, cni.commands.delete, cni.commands.gc  # noqa: F401,E401
+    import cni.commands.status  # noqa: F401
+
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # socket file 0600: only root may run verbs
+    try:
+        srv.bind(path)
+    finally:
+        os.umask(old_umask)
+    srv.listen(256)
+    own_netns = client.netns_inode()
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1) or srv.close())
+    log(f"serving CNI verbs on {path} (pid {os.getpid()})")
+    try:
+        while not stopping:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                break  # closed by SIGTERM
+            with conn:
+                _serve_one(conn, own_netns, log)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        log("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve(*(sys.argv[1:2])))
