@@ -25,6 +25,13 @@ int tc_nic(struct __sk_buff *ctx)
 		reason = REASON_PASS_PADDING;
 		goto pass;
 	}
+	/* bpf_redirect_peer cannot report a missing target (the kernel drops it later), so check the
+	 * endpoint's veth is still registered: the CNI removes `ifaces` on DEL and GC sweeps entries
+	 * whose veth vanished. (XDP mode gets this from the DEVMAP, which drops dead devices.) */
+	if (!ifaces.lookup(&ep->ifindex)) {
+		count(ep->ep_id, REASON_DROP_REDIRECT, bytes);
+		return TC_ACT_SHOT;
+	}
 	if (pop_vlan)
 		bpf_skb_vlan_pop(ctx);
 	count(ep->ep_id, REASON_FWD_NIC_TO_POD, bytes);

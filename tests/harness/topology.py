@@ -188,6 +188,9 @@ class Cluster:
             w.route("replace", dst=str(c4), gateway=nic_ip4)
             w.route("replace", dst=str(c6), gateway=nic_ip6, family=10)
         run_in(self.wire, "ethtool", "-K", port, "tx", "off", check=False)
+        # A bridge port needs no IPv6 of its own; left on, it sends router solicitations and MLD
+        # reports into the node's NIC for many seconds, noise in counters tests read exactly.
+        _sysctl(self.wire, f"net.ipv6.conf.{port}.disable_ipv6", "1")
         with IPRoute(netns=f"/var/run/netns/{ns}") as n:
             n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
             nic = n.link_lookup(ifname="nic0")[0]

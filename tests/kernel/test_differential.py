@@ -64,10 +64,12 @@ def _tcp():
 CASES = [
     ("v4-udp", 0, lambda c, n, p: bytes(_eth(c, n) / _v4(p) / _udp())),
     ("v4-tcp-syn", 1, lambda c, n, p: bytes(_eth(c, n) / _v4(p) / _tcp())),
-    ("v4-icmp-echo", 0, lambda c, n, p: bytes(_eth(c, n) / _v4(p) / ICMP(type=8, id=9, seq=3) / Raw(PAYLOAD))),
+    ("v4-icmp-echo", 0,
+     lambda c, n, p: bytes(_eth(c, n) / _v4(p) / ICMP(type=8, id=9, seq=3) / Raw(PAYLOAD))),
     ("v6-udp", 1, lambda c, n, p: bytes(_eth(c, n) / _v6(p) / _udp())),
     ("v6-tcp-syn", 0, lambda c, n, p: bytes(_eth(c, n) / _v6(p) / _tcp())),
-    ("v6-icmp-echo", 1, lambda c, n, p: bytes(_eth(c, n) / _v6(p) / ICMPv6EchoRequest(id=9, seq=3, data=PAYLOAD))),
+    ("v6-icmp-echo", 1,
+     lambda c, n, p: bytes(_eth(c, n) / _v6(p) / ICMPv6EchoRequest(id=9, seq=3, data=PAYLOAD))),
     # Ethernet padding: a 44-byte frame padded to the 60-byte minimum; the kernel trims it
     ("v4-short-padded-to-60", 0,
      lambda c, n, p: bytes(_eth(c, n) / _v4(p) / UDP(sport=1, dport=5678) / Raw(b"hi")).ljust(60, b"\0")),

@@ -204,7 +204,8 @@ CASES = [
     deliver("v6-icmp-echo", lambda e: _eth(e) / _v6(e, 1) / ICMPv6EchoRequest(id=7, seq=1, data=PAYLOAD),
             pod=1),
     deliver("v4-df-tos-ecn", lambda e: udp4(e, 0, flags="DF", tos=0xB9, id=0x1234)),
-    deliver("v4-udp-csum-0", lambda e: _eth(e) / _v4(e, 0) / UDP(sport=9, dport=5678, chksum=0) / Raw(PAYLOAD)),
+    deliver("v4-udp-csum-0",
+            lambda e: _eth(e) / _v4(e, 0) / UDP(sport=9, dport=5678, chksum=0) / Raw(PAYLOAD)),
     deliver("v6-tclass-flowlabel", lambda e: udp6(e, 0, tc=0xB9, fl=0xABCDE)),
     deliver("v4-ttl-2", lambda e: udp4(e, 0, ttl=2)),
     deliver("v6-hlim-2", lambda e: udp6(e, 0, hlim=2)),
@@ -223,30 +224,33 @@ CASES = [
            Reason.PASS_VLAN),
     passed("qinq-8021ad", lambda e: _eth(e) / Dot1AD(vlan=100) / Dot1Q(vlan=200) / _v4(e, 0) / _udp(),
            Reason.PASS_VLAN),
-    deliver("vlan-named-in-config-v4", lambda e: _eth(e) / Dot1Q(vlan=100) / _v4(e, 0) / _udp(), node_vlan=100),
-    deliver("vlan-named-in-config-v6", lambda e: _eth(e) / Dot1Q(vlan=100) / _v6(e, 1) / _udp(), pod=1,
+    deliver("vlan-named-in-config-v4", lambda e: _eth(e) / Dot1Q(vlan=100) / _v4(e, 0) / _udp(),
             node_vlan=100),
-    passed("vlan-other-than-config", lambda e: _eth(e) / Dot1Q(vlan=101) / _v4(e, 0) / _udp(), Reason.PASS_VLAN,
-           node_vlan=100),
-    passed("vlan-0-with-vlan-in-config", lambda e: _eth(e) / Dot1Q(vlan=0) / _v4(e, 0) / _udp(), Reason.PASS_VLAN,
-           node_vlan=100),
+    deliver("vlan-named-in-config-v6", lambda e: _eth(e) / Dot1Q(vlan=100) / _v6(e, 1) / _udp(),
+            pod=1, node_vlan=100),
+    passed("vlan-other-than-config", lambda e: _eth(e) / Dot1Q(vlan=101) / _v4(e, 0) / _udp(),
+           Reason.PASS_VLAN, node_vlan=100),
+    passed("vlan-0-with-vlan-in-config", lambda e: _eth(e) / Dot1Q(vlan=0) / _v4(e, 0) / _udp(),
+           Reason.PASS_VLAN, node_vlan=100),
     # ---- TTL / hop limit
     passed("v4-ttl-1", lambda e: udp4(e, 0, ttl=1), Reason.PASS_TTL),
     passed("v4-ttl-0", lambda e: udp4(e, 0, ttl=0), Reason.PASS_TTL),
     passed("v6-hlim-1", lambda e: udp6(e, 0, hlim=1), Reason.PASS_TTL),
     passed("v6-hlim-0", lambda e: udp6(e, 0, hlim=0), Reason.PASS_TTL),
     # ---- IPv4 options, fragments; IPv6 extension headers
-    passed("v4-options-record-route", lambda e: udp4(e, 0, options=[IPOption_RR(routers=["0.0.0.0"] * 4)]),
-           Reason.PASS_IP_OPTIONS),
+    passed("v4-options-record-route",
+           lambda e: udp4(e, 0, options=[IPOption_RR(routers=["0.0.0.0"] * 4)]), Reason.PASS_IP_OPTIONS),
     passed("v4-frag-mf", lambda e: udp4(e, 0, flags="MF", id=77), Reason.PASS_FRAGMENT),
     passed("v4-frag-offset", lambda e: _eth(e) / _v4(e, 0, frag=8, id=77, proto=17) / Raw(PAYLOAD),
            Reason.PASS_FRAGMENT),
     passed("v6-fragment-header", lambda e: _eth(e) / _v6(e, 0) / IPv6ExtHdrFragment(id=77, m=1) / _udp(),
            Reason.PASS_EXT_HEADER),
-    passed("v6-hop-by-hop", lambda e: _eth(e) / _v6(e, 0) / IPv6ExtHdrHopByHop() / _udp(), Reason.PASS_EXT_HEADER),
+    passed("v6-hop-by-hop", lambda e: _eth(e) / _v6(e, 0) / IPv6ExtHdrHopByHop() / _udp(),
+           Reason.PASS_EXT_HEADER),
     passed("v6-routing-header", lambda e: _eth(e) / _v6(e, 0) / IPv6ExtHdrRouting(addresses=[]) / _udp(),
            Reason.PASS_EXT_HEADER),
-    passed("v6-dest-options", lambda e: _eth(e) / _v6(e, 0) / IPv6ExtHdrDestOpt() / _udp(), Reason.PASS_EXT_HEADER),
+    passed("v6-dest-options", lambda e: _eth(e) / _v6(e, 0) / IPv6ExtHdrDestOpt() / _udp(),
+           Reason.PASS_EXT_HEADER),
     # ---- malformed headers
     passed("v4-cut-inside-ip-header", lambda e: _truncated(udp4(e, 0), 12), Reason.PASS_BAD_HEADER),
     passed("v6-cut-inside-ipv6-header", lambda e: _truncated(udp6(e, 0), 20), Reason.PASS_BAD_HEADER),
@@ -264,12 +268,14 @@ CASES = [
     # ---- not IP
     passed("arp-unicast-to-nic", lambda e: _eth(e) / ARP(op=1, hwsrc=e.wire_mac, psrc=WIRE_HOST_V4,
                                                          pdst=e.node.nic_ip4), Reason.PASS_NOT_IP),
-    passed("ethertype-0x88b5", lambda e: Ether(src=e.wire_mac, dst=e.node.nic_mac, type=0x88B5) / Raw(PAYLOAD),
+    passed("ethertype-0x88b5",
+           lambda e: Ether(src=e.wire_mac, dst=e.node.nic_mac, type=0x88B5) / Raw(PAYLOAD),
            Reason.PASS_NOT_IP),
     # ---- L2 destination other than the NIC (checked before anything else)
     passed("broadcast-mac-v4", lambda e: udp4(e, 0, eth_dst=BCAST), Reason.PASS_L2_DEST),
     passed("arp-broadcast", lambda e: Ether(src=e.wire_mac, dst=BCAST) / ARP(op=1, hwsrc=e.wire_mac,
-                                                                            psrc=WIRE_HOST_V4, pdst=e.node.nic_ip4),
+                                                                            psrc=WIRE_HOST_V4,
+                                                                            pdst=e.node.nic_ip4),
            Reason.PASS_L2_DEST),
     passed("multicast-mac-v4", lambda e: udp4(e, 0, eth_dst="01:00:5e:00:00:01"), Reason.PASS_L2_DEST),
     passed("multicast-mac-v6", lambda e: udp6(e, 0, eth_dst="33:33:00:00:00:01"), Reason.PASS_L2_DEST),
@@ -475,7 +481,8 @@ def stale_endpoint(env):
     node = env.node
     ip = str(node.cidr4[STALE_IP4])
     key = abi.EndpointKey.for_ip(ip)
-    info = abi.EndpointInfo(ifindex=STALE_IFINDEX, ep_id=STALE_EP_ID, pod_mac=abi.mac_to_bytes("02:00:00:00:00:fa"),
+    info = abi.EndpointInfo(ifindex=STALE_IFINDEX, ep_id=STALE_EP_ID,
+                            pod_mac=abi.mac_to_bytes("02:00:00:00:00:fa"),
                             host_mac=abi.mac_to_bytes("02:00:00:00:00:fb"))
     with PinnedMap(PinLayout(node.pin_root), "endpoints") as m:
         m.put(key, info)
@@ -488,14 +495,9 @@ def stale_endpoint(env):
 
 def test_stale_endpoint_is_dropped_and_counted(env, stale_endpoint, request):
     """Drop outcome: the endpoint entry names a device that no longer exists. XDP: the DEVMAP
-    lookup fails, DROP_REDIRECT on the endpoint's row. TC: bpf_redirect_peer cannot know; see xfail."""
+    lookup fails, DROP_REDIRECT on the endpoint's row. TC: no `ifaces` entry for the veth, same verdict."""
     e = env
     node = e.node
-    if e.mode == "tc":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "tc_nic counts FWD_NIC_TO_POD before the kernel resolves bpf_redirect_peer's target; a "
-            "stale endpoint is dropped by the kernel (skb_do_redirect) but reported as forwarded, never "
-            "as DROP_REDIRECT")))
     raw = bytes(udp4(e, 0, dst=stale_endpoint))
     row0, fwd0 = _node_row(node), forwarded(node.ns)
     with Stats(node.pin_root) as st:
