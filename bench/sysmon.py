@@ -14,7 +14,7 @@ HZ = os.sysconf("SC_CLK_TCK")
 @dataclass
 class CpuSample:
     t: float
-    busy: dict[int, float]   # seconds spent not idle (user+nice+system+irq+softirq), per CPU
+    busy: dict[int, float]  # seconds spent not idle (user+nice+system+irq+softirq), per CPU
     steal: dict[int, float]  # seconds the hypervisor took away, per CPU
     softirq: dict[int, float]
 

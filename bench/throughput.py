@@ -58,8 +58,20 @@ def trafgen_config(frame: bytes) -> str:
 @contextmanager
 def udp_sink(bn: BenchNode, seconds: float):
     """bench.sink in the pod namespace pinned to SINK_CPU; stopped by PID (SIGTERM) on exit."""
-    cmd = ["nsenter", f"--net=/var/run/netns/{bn.pod.ns}", "taskset", "-c", str(SINK_CPU),
-           sys.executable, "-m", "bench.sink", "--port", str(UDP_DPORT), "--seconds", str(seconds)]
+    cmd = [
+        "nsenter",
+        f"--net=/var/run/netns/{bn.pod.ns}",
+        "taskset",
+        "-c",
+        str(SINK_CPU),
+        sys.executable,
+        "-m",
+        "bench.sink",
+        "--port",
+        str(UDP_DPORT),
+        "--seconds",
+        str(seconds),
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -83,9 +95,26 @@ def trafgen(bn: BenchNode, frame: bytes, seconds: float):
         cfg = os.path.join(tmp, "frame.cfg")
         with open(cfg, "w") as fh:
             fh.write(trafgen_config(frame))
-        cmd = ["nsenter", f"--net=/var/run/netns/{bn.wire}", "timeout", "-s", "TERM", "-k", "3",
-               f"{seconds:.1f}", "trafgen", "-i", cfg, "-o", bn.node.wire_port, "-P", "1",
-               "--no-sock-mem", "-Q", "-C"]
+        cmd = [
+            "nsenter",
+            f"--net=/var/run/netns/{bn.wire}",
+            "timeout",
+            "-s",
+            "TERM",
+            "-k",
+            "3",
+            f"{seconds:.1f}",
+            "trafgen",
+            "-i",
+            cfg,
+            "-o",
+            bn.node.wire_port,
+            "-P",
+            "1",
+            "--no-sock-mem",
+            "-Q",
+            "-C",
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             time.sleep(0.3)
@@ -142,7 +171,7 @@ def _diff(a, b):
 def summarise(where: str, d: dict, cpu: dict, sink_cpu_s: float, offered: int | None) -> dict:
     """Delivered count, rates and per-CPU-second figures from a window's deltas."""
     wall = cpu["wall_s"]
-    if where == "door":
+    if where in ("door", "nic"):
         delivered = d["door_xdp"] + d["door_tc"]
     else:
         delivered = d["pod_udp"]["in"]
@@ -160,6 +189,7 @@ def summarise(where: str, d: dict, cpu: dict, sink_cpu_s: float, offered: int | 
         "steal_s": cpu["steal_s"],
         "per_cpu_s": round(delivered / cpu_s) if cpu_s > 0 else None,
         "per_all_cpu_s": round(delivered / all_cpu) if all_cpu > 0 else None,
+        "per_cpu0_s": round(delivered / cpu0) if cpu0 > 0 else None,
         "pod_socket_drops": d["pod_udp"]["rcvbuf_errors"],
         "pod_udp_errors": d["pod_udp"]["in_errors"] + d["pod_udp"]["csum_errors"],
         "node_forwarded": d["node_forwarded"],
@@ -182,10 +212,11 @@ def summarise(where: str, d: dict, cpu: dict, sink_cpu_s: float, offered: int | 
     return res
 
 
-def veth_run(bn: BenchNode, mode: str, where: str, window: float, warmup: float,
-             prog_fds: dict[str, int] | None = None) -> dict:
+def veth_run(
+    bn: BenchNode, mode: str, where: str, window: float, warmup: float, prog_fds: dict[str, int] | None = None
+) -> dict:
     """One trafgen window in configuration `mode` (kernel, tc, xdp), counted at `where`."""
-    bn.configure(mode, door=(where == "door"))
+    bn.configure(mode, door=(where == "door"))  # where "nic": mode "nic-drop" counts at the NIC
     frame = bench_frame(bn)
     ctr = Counters(bn, prog_fds)
     sink_ctx = udp_sink(bn, warmup + window + 10) if where == "socket" else _null()
@@ -233,30 +264,55 @@ class LiveFrames:
         fd = self.bn.fds["xdp_nic"] if program == "xdp_nic" else self.bn.progs.fd(program)
         self.bn.progs.set_target("xdp", fd)
 
-    def blast(self, seconds: float, batch: int, chunk: int) -> int:
-        """Frames run through the program in `seconds` (whole chunks); caller is on CPU 0 in the node ns."""
-        sent = 0
+    def blast(self, seconds: float, batch: int, chunk: int) -> tuple[int, float]:
+        """Run frames through the program for `seconds` (whole calls of `chunk` frames); the caller is
+        on CPU 0 in the node namespace. Returns (frames, kernel-measured mean ns per frame)."""
+        sent, ns_total = 0, 0.0
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            libbpf.prog_test_run(self.prologue, self.frame, repeat=chunk,
-                                 flags=libbpf.BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=batch,
-                                 ctx=self.ctx, want_output=False)
+            _ret, _out, dur = libbpf.prog_test_run(
+                self.prologue,
+                self.frame,
+                repeat=chunk,
+                flags=libbpf.BPF_F_TEST_XDP_LIVE_FRAMES,
+                batch_size=batch,
+                ctx=self.ctx,
+                want_output=False,
+            )
             sent += chunk
-        return sent
+            ns_total += dur * chunk
+        return sent, (ns_total / sent if sent else 0.0)
 
-    def run(self, config: str, program: str, where: str, window: float, warmup: float, batch: int,
-            prog_fds: dict[str, int] | None = None, chunk: int = 20000) -> dict:
+    def calibrate(self, batch: int, seconds: float) -> int:
+        """Frames per call so that one call lasts ~0.25 s (each call sets up a page pool: ~20 ms)."""
+        probe = 50_000
+        t0 = time.monotonic()
+        n, _ = self.blast(max(seconds, 0.05), batch, probe)
+        fps = n / max(time.monotonic() - t0, 1e-3)
+        return int(min(max(fps * 0.25, 20_000), 5_000_000))
+
+    def run(
+        self,
+        config: str,
+        program: str,
+        where: str,
+        window: float,
+        warmup: float,
+        batch: int,
+        prog_fds: dict[str, int] | None = None,
+    ) -> dict:
         bn = self.bn
         bn.configure(config, door=(where == "door"))
         self.target(program)
         ctr = Counters(bn, prog_fds)
         sink_ctx = udp_sink(bn, warmup + window + 10) if where == "socket" else _null()
         with sink_ctx as sink, pinned_cpu(GEN_CPU), entered(bn.node.ns):
-            self.blast(warmup, batch, chunk)
+            chunk = self.calibrate(batch, warmup)
             time.sleep(0.05)
             s0, c0 = ctr.sample(), cpu_sample()
             k0 = proc_cpu_s(sink.pid) if sink else 0.0
-            sent = self.blast(window, batch, chunk)
+            sent, ns_per_frame = self.blast(window, batch, chunk)
+            time.sleep(0.02)  # let the last batch's softirq work finish
             s1, c1 = ctr.sample(), cpu_sample()
             k1 = proc_cpu_s(sink.pid) if sink else 0.0
         d = _diff(s0, s1)
@@ -266,6 +322,15 @@ class LiveFrames:
             res["pps"] = round(sent / res["wall_s"])
             res["per_cpu_s"] = round(sent / res["cpu_s"]) if res["cpu_s"] else None
             res["per_all_cpu_s"] = round(sent / res["all_cpu_busy_s"]) if res["all_cpu_busy_s"] else None
-        res.update(model="native", mode=config, program=program, where=where, batch=batch, frames_run=sent,
-                   door_hook=door_kind(config) if where == "door" else None)
+        res.update(
+            model="native",
+            mode=config,
+            program=program,
+            where=where,
+            batch=batch,
+            frames_run=sent,
+            frames_per_call=chunk,
+            test_run_ns_per_frame=round(ns_per_frame, 1),
+            door_hook=door_kind(config) if where == "door" else None,
+        )
         return res

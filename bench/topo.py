@@ -36,9 +36,9 @@ PREFIX_CHARS = "xb"
 
 @dataclass(frozen=True)
 class Config:
-    nic: str | None        # None, "tc" or "xdp"
-    pod_egress: bool       # tc_pod on the host veth
-    pod_xdp: bool          # xdp_pod on the pod's eth0
+    nic: str | None  # None, "tc", "xdp" or "drop"
+    pod_egress: bool  # tc_pod on the host veth
+    pod_xdp: bool  # xdp_pod on the pod's eth0
     door: str | None = None  # None, "xdp" (replaces xdp_pod) or "tc" (TC ingress drop on eth0)
 
 
@@ -46,6 +46,8 @@ CONFIGS = {
     "kernel": Config(nic=None, pod_egress=False, pod_xdp=False),
     "tc": Config(nic="tc", pod_egress=True, pod_xdp=True),
     "xdp": Config(nic="xdp", pod_egress=True, pod_xdp=True),
+    # The veth model's ceiling: generator + NIC receive only (TC drop on the NIC's ingress).
+    "nic-drop": Config(nic="drop", pod_egress=False, pod_xdp=False),
     # Live-frames model: the NIC program runs from BPF_PROG_TEST_RUN, nothing attached to the NIC.
     "live-kernel": Config(nic=None, pod_egress=False, pod_xdp=False),
     "live-xdp": Config(nic=None, pod_egress=True, pod_xdp=True),
@@ -100,6 +102,9 @@ class BenchNode:
             nic = self.nic_ifindex
             if cfg.nic == "tc":
                 attach.attach_tc_ingress(ipr, nic, self.fds["tc_nic"], "xdpcni_tc_nic")
+                attach.detach_xdp(ipr, nic)
+            elif cfg.nic == "drop":  # the veth model's ceiling: count and drop at the NIC's TC ingress
+                attach.attach_tc_ingress(ipr, nic, self.progs.fd("door_tc"), "bench_nic_drop")
                 attach.detach_xdp(ipr, nic)
             elif cfg.nic == "xdp":
                 attach.attach_xdp(ipr, nic, self.fds["xdp_nic"], attach.XDP_FLAGS_DRV_MODE)

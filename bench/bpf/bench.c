@@ -11,7 +11,7 @@
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
 
-#define TMPL_LEN 64 /* bytes restored: a whole minimum-size frame (headers + payload) */
+#define TMPL_LEN 60 /* bytes restored: a whole minimum-size frame (14 + 20 + 8 + 18 payload, no FCS) */
 
 struct frame_tmpl {
 	__u8 bytes[TMPL_LEN];

@@ -6,6 +6,7 @@ namespace — and executes conflists with libcni's prevResult/runtimeConfig rule
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -42,6 +43,7 @@ def cni_bin_dir() -> str:
     if _BIN_DIR is None:
         _BIN_DIR = tempfile.mkdtemp(prefix="xdpcni-cnibin-")
         os.symlink(os.path.join(VENV_BIN, "xdpcni"), os.path.join(_BIN_DIR, "xdpcni"))
+        atexit.register(shutil.rmtree, _BIN_DIR, True)
     return _BIN_DIR
 
 

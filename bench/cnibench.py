@@ -1,0 +1,372 @@
+"""CNI ADD/DEL latency: the installed `xdpcni` executable vs Debian's reference `bridge` and `ptp`
+plugins (host-local IPAM), each called as a container runtime calls it
+(tests/harness/cni_runtime.invoke: a fresh process per call, `env -i`, config on stdin, in the
+node's network namespace). Timed: the whole call, from spawn to exit (what kubelet waits for);
+the nsenter/env wrapper costs every plugin the same few ms. Pod network namespaces are created
+outside the timed part, as a runtime does before calling CNI.
+
+All plugins get IPv4-only IPAM (the reference plugins wait for IPv6 DAD when given IPv6, which
+would measure DAD, not the plugin). xdpcni runs twice: in-process (no agent: every call pays the
+Python start-up and imports) and through its node agent (`xdpcnictl agent`: the executable is a
+lean client handing the verb to a warm process).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import time
+
+from pyroute2 import IPRoute, netns
+
+from datapath.endpoints import Endpoint, EndpointTable
+from datapath.netns import entered
+from tests.harness.cni_runtime import invoke, xdpcni_netconf
+from tests.harness.topology import VENV_BIN, Node
+
+CNI_VERSION = "1.0.0"
+# xdpcni in-process and through the agent share one network (lease store): separate ranges.
+XDPCNI_RANGE = {"subnet": "198.19.0.0/24", "rangeStart": "198.19.0.16", "rangeEnd": "198.19.0.127"}
+XDPCNI_AGENT_RANGE = {"subnet": "198.19.0.0/24", "rangeStart": "198.19.0.128", "rangeEnd": "198.19.0.254"}
+BRIDGE_SUBNET = "198.19.100.0/24"
+PTP_SUBNET = "198.19.101.0/24"
+FAKE_V4 = ipaddress.ip_network("198.19.192.0/20")  # map entries only, never on an interface
+FAKE_V6 = ipaddress.ip_network("2001:db8:1:ff00::/64")
+
+
+def pct(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile (p in 0..100) of a sample, ms."""
+    if not values:
+        return None
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(p / 100.0 * len(s) + 0.5)) - 1))
+    return round(s[k], 2)
+
+
+def summary(values: list[float]) -> dict:
+    return {
+        "n": len(values),
+        "p50_ms": pct(values, 50),
+        "p99_ms": pct(values, 99),
+        "mean_ms": round(statistics.fmean(values), 2) if values else None,
+        "min_ms": round(min(values), 2) if values else None,
+        "max_ms": round(max(values), 2) if values else None,
+    }
+
+
+class Plugins:
+    """Network configs of the plugins under test for one node."""
+
+    def __init__(self, node: Node, agent_socket: str | None):
+        self.node = node
+        hl_dir = os.path.join(node.data_dir, "host-local")
+        self.confs = {
+            "xdpcni": xdpcni_netconf(
+                node,
+                "tc",
+                cni_version=CNI_VERSION,
+                ipam={"type": "xdpcni", "ranges": [[XDPCNI_RANGE]]},
+                agentSocket="",
+            ),
+            "bridge": {
+                "cniVersion": CNI_VERSION,
+                "name": "bench-bridge",
+                "type": "bridge",
+                "bridge": "xbbr0",
+                "isGateway": True,
+                "ipMasq": False,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": BRIDGE_SUBNET}]], "dataDir": hl_dir},
+            },
+            "ptp": {
+                "cniVersion": CNI_VERSION,
+                "name": "bench-ptp",
+                "type": "ptp",
+                "ipMasq": False,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": PTP_SUBNET}]], "dataDir": hl_dir},
+            },
+        }
+        if agent_socket:
+            self.confs["xdpcni-agent"] = {
+                **self.confs["xdpcni"],
+                "agentSocket": agent_socket,
+                "ipam": {"type": "xdpcni", "ranges": [[XDPCNI_AGENT_RANGE]]},
+            }
+
+    def call(self, plugin: str, command: str, cid: str, ns: str) -> float:
+        conf = self.confs[plugin]
+        t0 = time.perf_counter()
+        inv = invoke(
+            self.node.ns,
+            conf["type"],
+            command,
+            conf,
+            container_id=cid,
+            netns_path=f"/var/run/netns/{ns}",
+            ifname="eth0",
+            timeout=60,
+        )
+        dt = (time.perf_counter() - t0) * 1000.0
+        if not inv.ok:
+            raise RuntimeError(
+                f"{plugin} {command} {cid}: rc={inv.rc} {inv.stdout[-400:]} {inv.stderr[-400:]}"
+            )
+        return dt
+
+
+class Agent:
+    """`xdpcnictl agent` in the node namespace, stopped by PID; its log says how long each verb
+    took inside the agent."""
+
+    def __init__(self, node: Node):
+        self.sock = os.path.join(node.data_dir, "agent.sock")
+        os.makedirs(node.data_dir, exist_ok=True)
+        self.log_path = os.path.join(node.data_dir, "agent.log")
+        self.log = open(self.log_path, "w+")
+        self.proc = subprocess.Popen(
+            [
+                "nsenter",
+                f"--net=/var/run/netns/{node.ns}",
+                os.path.join(VENV_BIN, "xdpcnictl"),
+                "agent",
+                "--socket",
+                self.sock,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.sock) and time.monotonic() < deadline and self.proc.poll() is None:
+            time.sleep(0.05)
+        if not os.path.exists(self.sock):
+            self.stop()
+            raise RuntimeError("xdpcni agent did not come up")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+    def served_ms(self) -> dict[str, list[float]]:
+        """Time each verb took inside the agent, from its log lines `<VERB> <cid> rc=0 12.3ms`."""
+        out: dict[str, list[float]] = {}
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log_path) as fh:
+            for line in fh:
+                m = re.search(r"\b(ADD|DEL) (\S+) rc=0 ([\d.]+)ms", line)
+                if m:
+                    out.setdefault(m.group(1), []).append(float(m.group(3)))
+        return out
+
+
+def process_overheads(node: Node, n: int = 10) -> dict:
+    """What every call pays before the plugin does any work: the runtime-like wrapper (nsenter +
+    env -i), a bare start of the venv's Python, and xdpcni's executable doing nothing (--version)."""
+
+    def timed(cmd: list[str]) -> list[float]:
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            subprocess.run(
+                [
+                    "nsenter",
+                    f"--net=/var/run/netns/{node.ns}",
+                    "env",
+                    "-i",
+                    "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                    *cmd,
+                ],
+                capture_output=True,
+                timeout=30,
+            )
+            out.append((time.perf_counter() - t0) * 1000.0)
+        return out
+
+    return {
+        "wrapper_true_ms": summary(timed(["/bin/true"])),
+        "python_bare_ms": summary(timed([os.path.join(VENV_BIN, "python3"), "-c", "pass"])),
+        "python_no_site_ms": summary(timed([os.path.join(VENV_BIN, "python3"), "-S", "-c", "pass"])),
+        "xdpcni_version_ms": summary(timed([os.path.join(VENV_BIN, "xdpcni"), "--version"])),
+        "bridge_version_ms": summary(
+            timed(["sh", "-c", 'echo \'{"cniVersion":"1.0.0"}\' | CNI_COMMAND=VERSION /usr/lib/cni/bridge'])
+        ),
+    }
+
+
+class PodNamespaces:
+    """Pod network namespaces made (and removed) outside the timed calls."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.made: list[str] = []
+
+    def new(self, name: str) -> str:
+        ns = f"{self.node.ns}-{name}"
+        netns.create(ns)
+        self.made.append(ns)
+        return ns
+
+    def remove(self, ns: str) -> None:
+        try:
+            netns.remove(ns)
+        except OSError:
+            pass
+        if ns in self.made:
+            self.made.remove(ns)
+
+    def remove_all(self) -> None:
+        for ns in list(self.made):
+            self.remove(ns)
+
+
+def endpoint_count(node: Node) -> int:
+    with EndpointTable(node.pin_root) as t:
+        return len(t.ifaces.keys())
+
+
+def add_fake_endpoints(node: Node, n: int, graveyard: str, log) -> dict:
+    """n endpoints that look like pods to the datapath and to the node: a veth pair each (host end in
+    the node namespace, other end in `graveyard`) and their entries in the endpoint table (an IPv4
+    and an IPv6 address each), inserted directly with datapath.endpoints.EndpointTable instead of
+    n CNI ADDs. There are no leases or attachment records for them."""
+    t0 = time.monotonic()
+    netns.create(graveyard)
+    gfd = os.open(f"/var/run/netns/{graveyard}", os.O_RDONLY)
+    links = []
+    try:
+        with entered(node.ns), IPRoute() as ipr:
+            for i in range(n):
+                host, peer = f"xbf{i:05d}", f"xbg{i:05d}"
+                ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer, "net_ns_fd": gfd})
+                idx = ipr.link_lookup(ifname=host)[0]
+                mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+                links.append((idx, mac))
+    finally:
+        os.close(gfd)
+    t_links = time.monotonic() - t0
+    with entered(node.ns), EndpointTable(node.pin_root) as table:
+        for i, (idx, mac) in enumerate(links):
+            table.add(
+                Endpoint(
+                    idx,
+                    "02:00:00:00:%02x:%02x" % (i >> 8, i & 0xFF),
+                    mac,
+                    [str(FAKE_V4[i + 1]), str(FAKE_V6[i + 1])],
+                )
+            )
+    t_entries = time.monotonic() - t0 - t_links
+    log(f"    {n} veth pairs in {t_links:.1f}s, {n} endpoint-table entries in {t_entries:.1f}s")
+    return {
+        "n": n,
+        "veth_pairs_s": round(t_links, 2),
+        "table_entries_s": round(time.monotonic() - t0 - t_links, 2),
+    }
+
+
+def remove_fake_endpoints(graveyard: str) -> None:
+    """Remove the graveyard namespace: the veth pairs go with it. Their table entries stay until
+    the node's datapath is unloaded (removing them one by one would cost O(n^2) map walks)."""
+    try:
+        netns.remove(graveyard)
+    except OSError:
+        pass
+
+
+def run(node: Node, n_pods: int, existing: list[int], cycles: int, log=print) -> dict:
+    agent = Agent(node)
+    pods = PodNamespaces(node)
+    plugins = Plugins(node, agent.sock)
+    names = list(plugins.confs)  # xdpcni, bridge, ptp, xdpcni-agent
+    out: dict = {
+        "plugins": names,
+        "n_pods": n_pods,
+        "ipam": "IPv4 only",
+        "cni_version": CNI_VERSION,
+        "cycles": cycles,
+        "timing": "wall time of the whole plugin process (spawn to exit)",
+    }
+    graveyard = f"{node.ns}-gy"
+    try:
+        out["process_overheads"] = process_overheads(node)
+        # 1. n_pods ADDs then n_pods DELs, plugins interleaved pod by pod (same moment, same load).
+        add_ms = {p: [] for p in names}
+        del_ms = {p: [] for p in names}
+        made: list[tuple[str, str, str]] = []
+        t0 = time.monotonic()
+        for i in range(n_pods):
+            for p in names:
+                cid = f"bench-{p}-{i}"
+                ns = pods.new(f"k{p[0]}{'a' if p.endswith('agent') else ''}{i}")
+                add_ms[p].append(plugins.call(p, "ADD", cid, ns))
+                made.append((p, cid, ns))
+        for p, cid, ns in made:
+            del_ms[p].append(plugins.call(p, "DEL", cid, ns))
+            pods.remove(ns)
+        log(f"    {n_pods} pods x {len(names)} plugins ADD+DEL in {time.monotonic() - t0:.1f}s")
+        out["add"] = {p: summary(v) for p, v in add_ms.items()}
+        out["del"] = {p: summary(v) for p, v in del_ms.items()}
+        out["raw_ms"] = {
+            "add": {p: [round(x, 2) for x in v] for p, v in add_ms.items()},
+            "del": {p: [round(x, 2) for x in v] for p, v in del_ms.items()},
+        }
+
+        # 2. xdpcni ADD with N endpoints already on the node.
+        out["add_with_existing"] = {}
+        for n_exist in existing:
+            res: dict = {}
+            base = endpoint_count(node)
+            real: list[tuple[str, str]] = []
+            if n_exist <= 50:  # real pods through the executable
+                for i in range(max(0, n_exist - base)):
+                    ns = pods.new(f"ke{i}")
+                    plugins.call("xdpcni-agent", "ADD", f"bench-exist-{i}", ns)
+                    real.append((f"bench-exist-{i}", ns))
+                res["how"] = f"{len(real)} pods added with xdpcni ADD (+{base} already there)"
+            else:
+                res["fake"] = add_fake_endpoints(node, n_exist - base, graveyard, log)
+                res["how"] = (
+                    f"{n_exist - base} endpoints inserted directly with datapath.endpoints."
+                    f"EndpointTable (a real veth pair each, no leases/records) +{base} real"
+                )
+            res["endpoints_present"] = endpoint_count(node)
+            for p in ("xdpcni", "xdpcni-agent"):
+                a, d = [], []
+                for c in range(cycles):
+                    ns = pods.new(f"ky{p[-1]}{c}")
+                    a.append(plugins.call(p, "ADD", f"bench-cyc-{p}-{c}", ns))
+                    d.append(plugins.call(p, "DEL", f"bench-cyc-{p}-{c}", ns))
+                    pods.remove(ns)
+                res[p] = {"add": summary(a), "del": summary(d)}
+            for cid, ns in real:
+                plugins.call("xdpcni-agent", "DEL", cid, ns)
+                pods.remove(ns)
+            if "fake" in res:
+                remove_fake_endpoints(graveyard)
+            out["add_with_existing"][str(n_exist)] = res
+            log(
+                f"    ADD with {res['endpoints_present']} endpoints: "
+                f"in-process p50 {res['xdpcni']['add']['p50_ms']} ms, "
+                f"agent p50 {res['xdpcni-agent']['add']['p50_ms']} ms"
+            )
+    finally:
+        agent.stop()
+        served = agent.served_ms()
+        out["agent_side"] = {verb: summary(v) for verb, v in served.items()}
+        pods.remove_all()
+        if os.path.exists(f"/var/run/netns/{graveyard}"):
+            try:
+                netns.remove(graveyard)
+            except OSError:
+                pass
+        shutil.rmtree(os.path.join(node.data_dir, "host-local"), ignore_errors=True)
+    return out
