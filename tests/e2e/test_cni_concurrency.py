@@ -20,6 +20,8 @@ def test_fifty_concurrent_adds_then_dels(cluster, node, runtime):
         invs = list(pool.map(lambda i: runtime.add(f"conc{i:02d}", namespaces[i]), range(N)))
     failed = [inv.stdout + inv.stderr for inv in invs if not inv.ok]
     assert not failed, failed[:3]
+    loaders = [inv for inv in invs if "loaded: nic0" in inv.stderr]  # the loader's report line
+    assert len(loaders) == 1, f"{len(loaders)} ADDs loaded the datapath"
     pods = [runtime.pod_from_result(f"c{i}", namespaces[i], inv.out) for i, inv in enumerate(invs)]
     v4 = [p.ip4 for p in pods]
     v6 = [p.ip6 for p in pods]

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass, field
 
 from pyroute2 import netns
@@ -38,16 +39,26 @@ class Invocation:
 
 
 def cni_bin_dir() -> str:
-    """A per-process CNI bin dir holding `xdpcni` (the installed console script), as /opt/cni/bin."""
+    """A per-process CNI bin dir holding `xdpcni` (the installed console script), as /opt/cni/bin.
+    Published only once complete: concurrent ADD threads must never see it half-made."""
     global _BIN_DIR
-    if _BIN_DIR is None:
-        _BIN_DIR = tempfile.mkdtemp(prefix="xdpcni-cnibin-")
-        os.symlink(os.path.join(VENV_BIN, "xdpcni"), os.path.join(_BIN_DIR, "xdpcni"))
-        atexit.register(shutil.rmtree, _BIN_DIR, True)
+    with _BIN_DIR_LOCK:
+        if _BIN_DIR is None:
+            path = tempfile.mkdtemp(prefix="xdpcni-cnibin-")
+            os.symlink(os.path.join(VENV_BIN, "xdpcni"), os.path.join(path, "xdpcni"))
+            # pyroute2 forks helper processes that run atexit handlers too: only the creator removes it.
+            atexit.register(_remove_bin_dir, path, os.getpid())
+            _BIN_DIR = path
     return _BIN_DIR
 
 
 _BIN_DIR: str | None = None
+_BIN_DIR_LOCK = threading.Lock()
+
+
+def _remove_bin_dir(path: str, creator: int) -> None:
+    if os.getpid() == creator:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def invoke(node_ns: str, plugin: str, command: str, conf: dict | bytes | None, *, container_id: str = "",
