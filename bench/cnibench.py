@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import shutil
-import signal
 import statistics
 import subprocess
 import time
@@ -26,6 +24,7 @@ from pyroute2 import IPRoute, netns
 
 from datapath.endpoints import Endpoint, EndpointTable
 from datapath.netns import entered
+from tests.harness.agent import NodeAgent
 from tests.harness.cni_runtime import invoke, xdpcni_netconf
 from tests.harness.topology import VENV_BIN, Node
 
@@ -116,57 +115,6 @@ class Plugins:
                 f"{plugin} {command} {cid}: rc={inv.rc} {inv.stdout[-400:]} {inv.stderr[-400:]}"
             )
         return dt
-
-
-class Agent:
-    """`xdpcnictl agent` in the node namespace, stopped by PID; its log says how long each verb
-    took inside the agent."""
-
-    def __init__(self, node: Node):
-        self.sock = os.path.join(node.data_dir, "agent.sock")
-        os.makedirs(node.data_dir, exist_ok=True)
-        self.log_path = os.path.join(node.data_dir, "agent.log")
-        self.log = open(self.log_path, "w+")
-        self.proc = subprocess.Popen(
-            [
-                "nsenter",
-                f"--net=/var/run/netns/{node.ns}",
-                os.path.join(VENV_BIN, "xdpcnictl"),
-                "agent",
-                "--socket",
-                self.sock,
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while not os.path.exists(self.sock) and time.monotonic() < deadline and self.proc.poll() is None:
-            time.sleep(0.05)
-        if not os.path.exists(self.sock):
-            self.stop()
-            raise RuntimeError("xdpcni agent did not come up")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-
-    def served_ms(self) -> dict[str, list[float]]:
-        """Time each verb took inside the agent, from its log lines `<VERB> <cid> rc=0 12.3ms`."""
-        out: dict[str, list[float]] = {}
-        if not self.log.closed:
-            self.log.flush()
-        with open(self.log_path) as fh:
-            for line in fh:
-                m = re.search(r"\b(ADD|DEL) (\S+) rc=0 ([\d.]+)ms", line)
-                if m:
-                    out.setdefault(m.group(1), []).append(float(m.group(3)))
-        return out
 
 
 def process_overheads(node: Node, n: int = 10) -> dict:
@@ -283,7 +231,7 @@ def remove_fake_endpoints(graveyard: str) -> None:
 
 
 def run(node: Node, n_pods: int, existing: list[int], cycles: int, log=print) -> dict:
-    agent = Agent(node)
+    agent = NodeAgent(node)
     pods = PodNamespaces(node)
     plugins = Plugins(node, agent.sock)
     names = list(plugins.confs)  # xdpcni, bridge, ptp, xdpcni-agent
@@ -360,7 +308,10 @@ def run(node: Node, n_pods: int, existing: list[int], cycles: int, log=print) ->
             )
     finally:
         agent.stop()
-        served = agent.served_ms()
+        served: dict[str, list[float]] = {}
+        for verb, _, rc, ms in agent.served():
+            if rc == 0 and verb in ("ADD", "DEL"):
+                served.setdefault(verb, []).append(ms)
         out["agent_side"] = {verb: summary(v) for verb, v in served.items()}
         pods.remove_all()
         if os.path.exists(f"/var/run/netns/{graveyard}"):

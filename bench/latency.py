@@ -12,6 +12,8 @@ import re
 import subprocess
 import time
 
+from tests.harness import processes
+
 from .topo import BenchNode
 
 PORT = 11111
@@ -77,12 +79,7 @@ def sockperf_run(bn: BenchNode, mode: str, seconds: float, msg_size: int = 64, b
             check=False,
         )
     finally:
-        server.terminate()
-        try:
-            server.wait(5)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
+        processes.stop(server, grace=5)
     out = proc.stdout + proc.stderr
     pct = {float(p): float(v) for p, v in _PCT.findall(out)}
     if proc.returncode != 0 or 50.0 not in pct:

@@ -33,6 +33,7 @@ from datapath import libbpf
 from datapath.abi import Reason
 from datapath.netns import entered
 from datapath.stats import Stats
+from tests.harness import processes
 from tests.harness.frames import UDP_DPORT, wire_to
 
 from .bpfhelpers import HIT_DOOR_TC, HIT_DOOR_XDP, HIT_FALLTHROUGH
@@ -79,13 +80,7 @@ def udp_sink(bn: BenchNode, seconds: float):
             raise RuntimeError(f"bench.sink did not start: {line!r} {proc.stderr.read()[-500:]}")
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        processes.stop(proc, grace=5)
 
 
 @contextmanager
@@ -122,13 +117,7 @@ def trafgen(bn: BenchNode, frame: bytes, seconds: float):
                 raise RuntimeError(f"trafgen exited early: {proc.stderr.read()[-500:]}")
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.terminate()  # `timeout` forwards SIGTERM to trafgen
-                try:
-                    proc.wait(8)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            processes.stop(proc, grace=8)  # `timeout` forwards SIGTERM to trafgen
 
 
 class Counters:

@@ -20,7 +20,6 @@ import signal
 import sys
 import time
 
-from . import abi
 from .config import DEFAULT_CONFIG_PATH, ConfigError, NodeConfig
 from .netns import entered
 from .pins import DEFAULT_ROOT, PinLayout

@@ -2,13 +2,10 @@
 agent, stale socket), with identical results either way."""
 
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
+from tests.harness.agent import NodeAgent
 from tests.harness.cni_runtime import Runtime
 from tests.harness.nodestate import pod_links, snapshot
 from tests.harness.packets import udp_exchange
@@ -17,44 +14,23 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def agent(node, tmp_path):
-    sock = os.path.join(node.data_dir, "agent.sock")
-    os.makedirs(node.data_dir, exist_ok=True)
-    log = open(tmp_path / "agent.log", "w+")
-    xdpcnictl = os.path.join(os.path.dirname(sys.executable), "xdpcnictl")
-    proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{node.ns}", xdpcnictl, "agent", "--socket", sock],
-                            stdout=log, stderr=subprocess.STDOUT)
+def agent(node):
+    a = NodeAgent(node)
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(sock) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert os.path.exists(sock), "agent did not come up"
-        yield proc, sock, tmp_path / "agent.log"
+        yield a
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-
-
-def served(log_path) -> list[str]:
-    return [line for line in open(log_path).read().splitlines() if " rc=" in line]
+        a.stop()
 
 
 def test_agent_serves_verbs_and_plugin_falls_back_without_it(cluster, node, agent):
-    proc, sock, log_path = agent
-    rt = Runtime.single(node, "tc", agentSocket=sock)
+    rt = Runtime.single(node, "tc", agentSocket=agent.sock)
     pods = []
     for i in range(4):
         ns = rt.new_pod_netns(f"a{i}")
         inv = rt.add(f"agent{i}", ns)
         assert inv.ok, inv.stdout + inv.stderr
         pods.append((f"agent{i}", ns, rt.pod_from_result(f"a{i}", ns, inv.out)))
-    assert [line.split()[1:3] for line in served(log_path)] == [["ADD", f"agent{i}"] for i in range(4)]
+    assert [(verb, cid) for verb, cid, _, _ in agent.served()] == [("ADD", f"agent{i}") for i in range(4)]
     for cid, ns, pod in pods:
         assert rt.check(cid, ns).ok
         for ip in pod.ips:
@@ -63,19 +39,19 @@ def test_agent_serves_verbs_and_plugin_falls_back_without_it(cluster, node, agen
     inv = rt.call("ADD", rt.xdpcni_conf(cniVersion="9.9.9"), container_id="x", netns_path="/var/run/netns/x")
     assert inv.rc == 1 and inv.out["code"] == 1
     assert rt.delete(pods[0][0], pods[0][1]).ok
-    n_served = len(served(log_path))
+    n_served = len(agent.served())
 
     # SIGKILL: the socket file stays behind; the plugin notices and works in-process.
-    proc.kill()
-    proc.wait()
-    assert os.path.exists(sock)
+    agent.proc.kill()
+    agent.proc.wait()
+    assert os.path.exists(agent.sock)
     for cid, ns, _ in pods[1:]:
         inv = rt.delete(cid, ns)
         assert inv.ok, inv.stdout + inv.stderr
     ns = rt.new_pod_netns("late")
     inv = rt.add("late", ns)
     assert inv.ok, inv.stdout + inv.stderr
-    assert len(served(log_path)) == n_served  # nothing more reached the dead agent
+    assert len(agent.served()) == n_served  # nothing more reached the dead agent
     assert rt.delete("late", ns).ok
     state = snapshot(node)
     assert pod_links(node) == [] and state["endpoints"] == [] and state["leases"] == []
@@ -83,11 +59,10 @@ def test_agent_serves_verbs_and_plugin_falls_back_without_it(cluster, node, agen
 
 def test_agent_in_another_netns_is_not_used(cluster, node, agent):
     """A client in a different network namespace must not have its verbs run in the agent's."""
-    proc, sock, log_path = agent
     other = cluster._make_node(1)  # a second node: its own netns
-    rt = Runtime.single(other, "tc", agentSocket=sock)
+    rt = Runtime.single(other, "tc", agentSocket=agent.sock)
     ns = rt.new_pod_netns("x")
     inv = rt.add("other", ns)
     assert inv.ok, inv.stdout + inv.stderr
-    assert served(log_path) == []
+    assert agent.served() == []
     assert rt.delete("other", ns).ok

@@ -14,7 +14,7 @@ from datapath.netns import entered
 from tests.harness.cni_runtime import Runtime, xdpcni_netconf
 from tests.harness.nodestate import pod_links, snapshot
 from tests.harness.packets import udp_exchange
-from tests.harness.topology import WIRE_HOST_V4, run_in
+from tests.harness.topology import run_in
 
 pytestmark = pytest.mark.e2e
 HOST_PORT, POD_PORT = 18080, 8080

@@ -1,0 +1,43 @@
+"""`xdpcnictl agent` for one simulated node: started in the node's namespace, stopped by PID.
+Its log has one line per verb served (`<VERB> <container id> rc=<rc> <ms>ms`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+
+from . import processes
+from .topology import VENV_BIN, Node
+
+LINE = re.compile(r"\b([A-Z]+) (\S+) rc=(-?\d+) ([\d.]+)ms")
+
+
+class NodeAgent:
+    def __init__(self, node: Node, start_timeout: float = 30.0):
+        os.makedirs(node.data_dir, exist_ok=True)
+        self.sock = os.path.join(node.data_dir, "agent.sock")
+        self.log_path = os.path.join(node.data_dir, "agent.log")
+        self.log = open(self.log_path, "w+")
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net=/var/run/netns/{node.ns}", os.path.join(VENV_BIN, "xdpcnictl"), "agent",
+             "--socket", self.sock],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + start_timeout
+        while not os.path.exists(self.sock) and time.monotonic() < deadline and self.proc.poll() is None:
+            time.sleep(0.05)
+        if not os.path.exists(self.sock):
+            self.stop()
+            raise RuntimeError(f"xdpcni agent did not come up: {open(self.log_path).read()[-500:]}")
+
+    def stop(self) -> None:
+        processes.stop(self.proc)
+        self.log.close()
+
+    def served(self) -> list[tuple[str, str, int, float]]:
+        """(verb, container id, rc, ms inside the agent) for every request served so far."""
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log_path) as fh:
+            return [(m[1], m[2], int(m[3]), float(m[4])) for m in map(LINE.search, fh) if m]
