@@ -27,10 +27,9 @@ def run(env: CniEnv, conf: NetConf) -> dict:
             removed.append(rec.container_id)
     # Leases whose owner has no record (e.g. a record removed by hand): release them too.
     store = lease_store(conf)
-    for ip, owner in store.leases().items():
-        if owner not in valid:
-            builtin.release(store, *owner)
-            removed.append(owner[0])
+    for owner in set(store.leases().values()) - valid:  # one release per owner, all its addresses
+        builtin.release(store, *owner)
+        removed.append(owner[0])
     _sweep_stale_endpoints(conf.root)
     return {"removed": sorted(set(removed))}
 
