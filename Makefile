@@ -5,11 +5,12 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit demo bench install uninstall clean-test-state fmt help
+.PHONY: setup lint test test-unit demo bench install uninstall clean-test-state fmt help
 
 help:
 	@echo "make setup   install everything (idempotent: apt, kernel headers link, venv, bpffs)"
-	@echo "make test    setup + unit, kernel and end-to-end tests"
+	@echo "make lint    ruff check, ruff format --check, clang-format --dry-run (part of make test)"
+	@echo "make test    setup + lint + unit, kernel and end-to-end tests"
 	@echo "make demo    setup + 2-node simulated cluster demo (fast path vs host counters)"
 	@echo "make bench   setup + side-by-side benchmarks (writes bench/results.json, docs/bench.png)"
 	@echo "make install setup + install the CNI binary and config on this node (/opt/cni/bin, /etc/cni/net.d)"
@@ -17,7 +18,14 @@ help:
 setup:
 	@bash scripts/setup.sh
 
-test: setup
+C_SOURCES := $(wildcard bpf/*.c bpf/lib/*.h bench/bpf/*.c)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	clang-format --dry-run -Werror $(C_SOURCES)
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup
@@ -40,6 +48,7 @@ clean-test-state:
 	@for ns in $$(ip netns list | awk '{print $$1}' | grep -E '^xc[0-9a-f]{6}-'); do ip netns del $$ns; done
 	@rm -rf /sys/fs/bpf/xdpcni-test /run/xdpcni/locks/sys_fs_bpf_xdpcni-test_* /run/xdpcni/sys_fs_bpf_xdpcni-test_*
 
-fmt:
-	$(VENV)/bin/ruff format cni datapath tests bench 2>/dev/null || true
-	clang-format -i bpf/*.c bpf/lib/*.h
+fmt: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	clang-format -i $(C_SOURCES)

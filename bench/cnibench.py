@@ -1,6 +1,6 @@
 """CNI ADD/DEL latency: the installed `xdpcni` executable vs Debian's reference `bridge` and `ptp`
 plugins (host-local IPAM), each called as a container runtime calls it
-(tests/harness/cni_runtime.invoke: a fresh process per call, `env -i`, config on stdin, in the
+(sim/cni_runtime.invoke: a fresh process per call, `env -i`, config on stdin, in the
 node's network namespace). Timed: the whole call, from spawn to exit (what kubelet waits for);
 the nsenter/env wrapper costs every plugin the same few ms. Pod network namespaces are created
 outside the timed part, as a runtime does before calling CNI.
@@ -24,9 +24,9 @@ from pyroute2 import IPRoute, netns
 
 from datapath.endpoints import Endpoint, EndpointTable
 from datapath.netns import entered
-from tests.harness.agent import NodeAgent
-from tests.harness.cni_runtime import invoke, xdpcni_netconf
-from tests.harness.topology import VENV_BIN, Node
+from sim.agent import NodeAgent
+from sim.cni_runtime import invoke, xdpcni_netconf
+from sim.topology import VENV_BIN, Node
 
 CNI_VERSION = "1.0.0"
 # xdpcni in-process and through the agent share one network (lease store): separate ranges.
@@ -207,7 +207,7 @@ def add_fake_endpoints(node: Node, n: int, graveyard: str, log) -> dict:
             table.add(
                 Endpoint(
                     idx,
-                    "02:00:00:00:%02x:%02x" % (i >> 8, i & 0xFF),
+                    f"02:00:00:00:{i >> 8:02x}:{i & 0xFF:02x}",
                     mac,
                     [str(FAKE_V4[i + 1]), str(FAKE_V6[i + 1])],
                 )

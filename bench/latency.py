@@ -12,7 +12,7 @@ import re
 import subprocess
 import time
 
-from tests.harness import processes
+from sim import processes
 
 from .topo import BenchNode
 

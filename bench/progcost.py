@@ -62,8 +62,7 @@ def test_run_costs(bn: BenchNode, repeat: int, rounds: int) -> dict:
     frame = bench_frame(bn)
     progs.set_template(frame)
     out: dict = {
-        "method": "BPF_PROG_TEST_RUN, repeat=%d, %d interleaved rounds, medians, ns per run"
-        % (repeat, rounds)
+        "method": f"BPF_PROG_TEST_RUN, repeat={repeat}, {rounds} interleaved rounds, medians, ns per run"
     }
     xdp_ctx = libbpf.XdpMd(data=0, data_end=len(frame), ingress_ifindex=bn.nic_ifindex)
     # On the datapath CPU, like every other figure (an unpinned thread may migrate between rounds).

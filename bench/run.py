@@ -53,7 +53,7 @@ class Params:
     budget_s: int = 570  # hard stop for the whole run (alarm), cleanup included after it
 
     @classmethod
-    def full(cls) -> "Params":
+    def full(cls) -> Params:
         return cls(
             quick=False,
             reps=3,
@@ -72,7 +72,7 @@ class Params:
         )
 
     @classmethod
-    def quick_run(cls) -> "Params":
+    def quick_run(cls) -> Params:
         return cls(
             quick=True,
             reps=1,

@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from tests.harness.packets import snmp
+from sim.packets import snmp
 
 HZ = os.sysconf("SC_CLK_TCK")
 

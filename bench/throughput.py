@@ -33,8 +33,8 @@ from datapath import libbpf
 from datapath.abi import Reason
 from datapath.netns import entered
 from datapath.stats import Stats
-from tests.harness import processes
-from tests.harness.frames import UDP_DPORT, wire_to
+from sim import processes
+from sim.frames import UDP_DPORT, wire_to
 
 from .bpfhelpers import HIT_DOOR_TC, HIT_DOOR_XDP, HIT_FALLTHROUGH
 from .sysmon import cpu_delta, cpu_sample, forwarded, proc_cpu_s, udp_counters
@@ -209,14 +209,13 @@ def veth_run(
     frame = bench_frame(bn)
     ctr = Counters(bn, prog_fds)
     sink_ctx = udp_sink(bn, warmup + window + 10) if where == "socket" else _null()
-    with sink_ctx as sink:
-        with trafgen(bn, frame, warmup + window + 5):
-            time.sleep(warmup)
-            s0, c0 = ctr.sample(), cpu_sample()
-            k0 = proc_cpu_s(sink.pid) if sink else 0.0
-            time.sleep(window)
-            s1, c1 = ctr.sample(), cpu_sample()
-            k1 = proc_cpu_s(sink.pid) if sink else 0.0
+    with sink_ctx as sink, trafgen(bn, frame, warmup + window + 5):
+        time.sleep(warmup)
+        s0, c0 = ctr.sample(), cpu_sample()
+        k0 = proc_cpu_s(sink.pid) if sink else 0.0
+        time.sleep(window)
+        s1, c1 = ctr.sample(), cpu_sample()
+        k1 = proc_cpu_s(sink.pid) if sink else 0.0
     d = _diff(s0, s1)
     offered = d["wire_port"]["tx_packets"] + d["wire_port"]["tx_dropped"]
     res = summarise(where, d, cpu_delta(c0, c1), k1 - k0, offered)

@@ -28,7 +28,7 @@ from pyroute2 import IPRoute
 from datapath import attach
 from datapath.loader import open_program
 from datapath.netns import entered
-from tests.harness.topology import Cluster, Node, Pod
+from sim.topology import Cluster, Node, Pod
 
 BENCH_PIN_BASE = "/sys/fs/bpf/xdpcni-bench"
 PREFIX_CHARS = "xb"

@@ -3,43 +3,13 @@
  * be the pod's own), then the forwarding rules, then: another local pod -> bpf_redirect_peer into
  * it; anywhere else -> bpf_fib_lookup and redirect out of the FIB's device (bpf_redirect_neigh when
  * the neighbour is not resolved yet). Anything the rules do not cover goes to the stack. */
-#include "lib/fwd.h"
+#include "lib/pod.h"
 
 /* BCC 0.26 declares bpf_redirect_neigh with 3 arguments and the verifier rejects that call. */
 static long (*redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int plen,
 			      __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
 
-/* The source key of an IP packet; 1 when the source is one the stack must see (DHCP 0.0.0.0,
- * IPv6 unspecified or link-local used by neighbour discovery), -1 when truncated. */
-static __always_inline int load_src(int proto, void *l3, void *data_end, struct endpoint_key *src)
-{
-	if (proto == ETH_P_IP) {
-		struct iphdr *iph = l3;
-
-		if ((void *)(iph + 1) > data_end)
-			return -1;
-		if (iph->saddr == 0)
-			return 1;
-		src->family = XDPCNI_FAMILY_IPV4;
-		__builtin_memcpy(src->addr, &iph->saddr, 4);
-		return 0;
-	}
-	if (proto == ETH_P_IPV6) {
-		struct ipv6hdr *ip6h = l3;
-
-		if ((void *)(ip6h + 1) > data_end)
-			return -1;
-		if (ipv6_martian(&ip6h->saddr))
-			return 1;
-		src->family = XDPCNI_FAMILY_IPV6;
-		__builtin_memcpy(src->addr, &ip6h->saddr, 16);
-		return 0;
-	}
-	return 1;
-}
-
-static __always_inline int fib_forward(struct __sk_buff *ctx, struct fwd_plan *plan, __u32 ep_id,
-				       __u32 bytes)
+static __always_inline int fib_forward(struct __sk_buff *ctx, struct fwd_plan *plan, __u32 ep_id, __u32 bytes)
 {
 	struct bpf_fib_lookup p = {};
 	struct bpf_redir_neigh nh = {};
@@ -86,9 +56,8 @@ pass:
 int tc_pod(struct __sk_buff *ctx)
 {
 	__u32 ifindex = ctx->ingress_ifindex, bytes = ctx->len;
-	struct endpoint_info *src_ep, *dst_ep;
+	struct endpoint_info *dst_ep;
 	struct fwd_plan plan = {};
-	struct endpoint_key src = {};
 	struct hdr_cursor nh;
 	struct iface_info *ifc;
 	struct ethhdr *eth;
@@ -105,55 +74,32 @@ int tc_pod(struct __sk_buff *ctx)
 	proto = parse_ethhdr(&nh, data_end, &eth);
 	if (proto < 0) {
 		r = REASON_PASS_BAD_HEADER;
-		goto pass;
+		goto out;
 	}
-	if (!mac_eq(eth->h_source, ifc->pod_mac)) {
-		count(ifc->ep_id, REASON_DROP_SPOOF_MAC, bytes);
-		return TC_ACT_SHOT;
-	}
-	r = load_src(proto, nh.pos, data_end, &src);
-	if (r < 0) {
-		r = REASON_PASS_BAD_HEADER;
-		goto pass;
-	}
-	if (r == 0) {
-		src_ep = endpoints.lookup(&src);
-		if (!src_ep || src_ep->ifindex != ifindex) {
-			count(ifc->ep_id, REASON_DROP_SPOOF_IP, bytes);
-			return TC_ACT_SHOT;
-		}
-		if (src_ep->flags & XDPCNI_EP_F_EGRESS_VIA_STACK) {
-			r = REASON_PASS_POLICY;
-			goto pass;
-		}
-	}
-	if (!mac_eq(eth->h_dest, ifc->host_mac)) {
-		r = REASON_PASS_L2_DEST;
-		goto pass;
-	}
-	if (proto_is_vlan(proto)) {
-		r = REASON_PASS_VLAN;
-		goto pass;
-	}
+	r = check_pod_source(eth, proto, nh.pos, data_end, ifc, ifindex);
+	if (r != CHECK_OK)
+		goto out;
+	r = check_pod_l2_dest(eth, proto, ifc);
+	if (r != CHECK_OK)
+		goto out;
 	plan.l3off = ETH_HLEN;
 	r = check_ip(proto, &nh, data_end, ctx->len, &plan);
-	if (r >= 0)
-		goto pass;
+	if (r != CHECK_OK)
+		goto out;
 	dst_ep = endpoints.lookup(&plan.dst);
-	if (dst_ep && (dst_ep->flags & XDPCNI_EP_F_INGRESS_VIA_STACK)) {
+	if (!dst_ep)
+		return fib_forward(ctx, &plan, ifc->ep_id, bytes);
+	if (dst_ep->flags & XDPCNI_EP_F_INGRESS_VIA_STACK) {
 		r = REASON_PASS_POLICY;
-		goto pass;
+		goto out;
 	}
-	if (dst_ep) {
-		if (ctx_rewrite(ctx, &plan, dst_ep->pod_mac, dst_ep->host_mac) < 0) {
-			r = REASON_PASS_PADDING;
-			goto pass;
-		}
-		count(ifc->ep_id, REASON_FWD_POD_TO_POD, bytes);
-		return bpf_redirect_peer(dst_ep->ifindex, 0);
+	if (ctx_rewrite(ctx, &plan, dst_ep->pod_mac, dst_ep->host_mac) < 0) {
+		r = REASON_PASS_PADDING;
+		goto out;
 	}
-	return fib_forward(ctx, &plan, ifc->ep_id, bytes);
-pass:
+	count(ifc->ep_id, REASON_FWD_POD_TO_POD, bytes);
+	return bpf_redirect_peer(dst_ep->ifindex, 0);
+out:
 	count(ifc->ep_id, r, bytes);
-	return TC_ACT_OK;
+	return reason_drops(r) ? TC_ACT_SHOT : TC_ACT_OK;
 }

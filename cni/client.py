@@ -65,15 +65,22 @@ def via_agent(environ: dict[str, str], stdin: bytes) -> tuple[int, str, str] | N
             sock.connect(path)
         except (ConnectionRefusedError, FileNotFoundError):
             return None  # stale socket of a dead agent
-        request = {"env": {k: v for k, v in environ.items() if k.startswith("CNI_")},
-                   "stdin": stdin.decode(errors="surrogateescape"), "netns": netns_inode()}
+        request = {
+            "env": {k: v for k, v in environ.items() if k.startswith("CNI_")},
+            "stdin": stdin.decode(errors="surrogateescape"),
+            "netns": netns_inode(),
+        }
         try:
             send_msg(sock, request)
             reply = recv_msg(sock)
         except (OSError, ValueError) as exc:
             # The agent died mid-request: what it did is unknown, so let the runtime DEL and retry.
-            err = {"cniVersion": "1.1.0", "code": TRY_AGAIN_LATER, "msg": "xdpcni agent failed mid-request",
-                   "details": str(exc)}
+            err = {
+                "cniVersion": "1.1.0",
+                "code": TRY_AGAIN_LATER,
+                "msg": "xdpcni agent failed mid-request",
+                "details": str(exc),
+            }
             return 1, json.dumps(err), ""
         if "fallback" in reply:
             return None

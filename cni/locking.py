@@ -27,7 +27,9 @@ def flocked(path: str, timeout: float = 60.0, what: str = "lock"):
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise
             if time.monotonic() >= deadline:
-                raise CniError(TRY_AGAIN_LATER, f"timed out after {timeout:.0f}s waiting for the {what}", path)
+                raise CniError(
+                    TRY_AGAIN_LATER, f"timed out after {timeout:.0f}s waiting for the {what}", path
+                )
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
         yield

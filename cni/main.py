@@ -5,7 +5,7 @@ network configuration as JSON on stdin; the result (ADD), version info (VERSION)
 object on stdout; exit 0 on success, 1 on error. Diagnostics go to stderr only.
 
 Two ways to run a verb, same code: handed to the node agent over its unix socket when one
-serves this node (cni/agent.py: warm process, no pyroute2 import per call), otherwise in this
+serves this node (node/agent.py: warm process, no pyroute2 import per call), otherwise in this
 process. Module-level imports stay minimal so the agent path starts fast.
 """
 
@@ -104,8 +104,11 @@ def execute(environ: dict[str, str], stdin: bytes) -> tuple[int, str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help", "help") or (not argv and "CNI_COMMAND" not in os.environ
-                                                        and sys.stdin.isatty()):
+    if (
+        argv
+        and argv[0] in ("-h", "--help", "help")
+        or (not argv and "CNI_COMMAND" not in os.environ and sys.stdin.isatty())
+    ):
         from .version import SUPPORTED_VERSIONS
 
         print(USAGE.replace("{versions}", ", ".join(SUPPORTED_VERSIONS)))

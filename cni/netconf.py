@@ -8,11 +8,11 @@ reads them.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 
-from datapath.config import DEFAULT_CONFIG_PATH, MODES, ConfigError, NodeConfig
+from datapath import config as node_config
+from datapath.config import MODES, ConfigError, NodeConfig
 from datapath.pins import DEFAULT_ROOT
 
 from .errors import DECODE_FAILURE, INVALID_NETCONF, CniError
@@ -54,31 +54,26 @@ class NetConf:
     valid_attachments: list[tuple[str, str]] | None = None
 
     def node(self, require_nic: bool = False) -> NodeConfig | None:
-        """Datapath settings: the node config YAML (if named) overridden by netconf fields.
+        """Datapath settings: the node config YAML (`nodeConfig`, else the installed default)
+        overridden by this network config's fields, resolved once (datapath.config.resolve).
 
         Returns None when no NIC is known (enough to use a loaded datapath, not to load one).
         """
-        data: dict = {}
-        path = self.node_config
-        if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
-            path = DEFAULT_CONFIG_PATH  # what `make install` writes
-        if path:
+        if not hasattr(self, "_node"):
             try:
-                data = dict(NodeConfig.from_yaml(path).__dict__)
+                self._node = node_config.resolve(
+                    self.node_config,
+                    nic=self.nic,
+                    mode=self.mode,
+                    bpffs_root=self.bpffs_root,
+                    vlan=self.vlan,
+                    mtu=self.mtu,
+                )
             except ConfigError as exc:
                 raise CniError(INVALID_NETCONF, f"nodeConfig: {exc}") from exc
-        for key, val in (("nic", self.nic), ("mode", self.mode), ("bpffs_root", self.bpffs_root),
-                         ("vlan", self.vlan), ("mtu", self.mtu)):
-            if val is not None:
-                data[key] = val
-        if not data.get("nic"):
-            if require_nic:
-                raise CniError(INVALID_NETCONF, "no NIC configured: set \"nic\" or \"nodeConfig\"")
-            return None
-        try:
-            return NodeConfig.from_dict(data)
-        except ConfigError as exc:
-            raise CniError(INVALID_NETCONF, str(exc)) from exc
+        if self._node is None and require_nic:
+            raise CniError(INVALID_NETCONF, 'no NIC configured: set "nic" or "nodeConfig"')
+        return self._node
 
     @property
     def root(self) -> str:
@@ -118,10 +113,10 @@ def _ipam(data: dict, needed: bool) -> IpamConf | None:
     ipam = data.get("ipam")
     if ipam is None:
         if needed:
-            raise CniError(INVALID_NETCONF, "ipam: required (type \"xdpcni\" or an IPAM plugin on CNI_PATH)")
+            raise CniError(INVALID_NETCONF, 'ipam: required (type "xdpcni" or an IPAM plugin on CNI_PATH)')
         return None
     if not isinstance(ipam, dict) or not isinstance(ipam.get("type"), str) or not ipam["type"]:
-        raise CniError(INVALID_NETCONF, "ipam: must be an object with a \"type\"")
+        raise CniError(INVALID_NETCONF, 'ipam: must be an object with a "type"')
     conf = IpamConf(type=ipam["type"], raw=ipam)
     if conf.builtin:
         conf.range_sets = parse_range_sets(ipam.get("ranges"))
@@ -136,8 +131,11 @@ def _valid_attachments(data: dict) -> list[tuple[str, str]] | None:
         raise CniError(INVALID_NETCONF, f"{VALID_ATTACHMENTS}: must be a list")
     out = []
     for item in val:
-        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) \
-                or not isinstance(item.get("ifname"), str):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("containerID"), str)
+            or not isinstance(item.get("ifname"), str)
+        ):
             raise CniError(INVALID_NETCONF, f"{VALID_ATTACHMENTS}: {item!r} lacks containerID/ifname")
         out.append((item["containerID"], item["ifname"]))
     return out
@@ -164,7 +162,7 @@ def parse(data: dict, verb: str) -> NetConf:
     if not data_dir.startswith("/"):
         raise CniError(INVALID_NETCONF, f"dataDir: {data_dir!r} must be an absolute path")
     prev = _opt(data, "prevResult", dict, "an object")
-    _opt(data, "agentSocket", str, "a path (\"\" disables the agent)")
+    _opt(data, "agentSocket", str, 'a path ("" disables the agent)')
     return NetConf(
         cni_version=data["cniVersion"],
         name=data["name"],

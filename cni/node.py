@@ -1,13 +1,13 @@
 """The CNI's view of the node datapath: make sure it is loaded, then only use its pins.
 
 The plugin never compiles BPF itself: when the datapath is missing on ADD it runs the loader
-(`python -m datapath.ctl load`, the same code as `xdpcnictl load`) once, under a node-wide lock,
-so fifty concurrent ADDs on a fresh node trigger exactly one compile.
+(`python -m datapath.loader`, the same code as `xdpcnictl load`, given the resolved NodeConfig as
+JSON on stdin) once, under a node-wide lock, so fifty concurrent ADDs on a fresh node trigger
+exactly one compile.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -17,12 +17,7 @@ from datapath.pins import PinLayout
 from .errors import DATAPATH, CniError
 from .locking import flocked
 
-LOAD_LOCK_DIR = "/run/xdpcni/locks"
 LOAD_TIMEOUT = 120.0
-
-
-def _lock_path(root: str) -> str:
-    return os.path.join(LOAD_LOCK_DIR, root.strip("/").replace("/", "_") + ".load.lock")
 
 
 def is_loaded(root: str) -> bool:
@@ -34,19 +29,24 @@ def ensure_loaded(node: NodeConfig | None, root: str) -> bool:
     if is_loaded(root):
         return False
     if node is None:
-        raise CniError(DATAPATH, f"datapath not loaded under {root} and no NIC configured to load it",
-                       "set \"nic\" (or \"nodeConfig\") in the network config, or run `xdpcnictl load`")
-    with flocked(_lock_path(root), LOAD_TIMEOUT, "datapath load lock"):
+        raise CniError(
+            DATAPATH,
+            f"datapath not loaded under {root} and no NIC configured to load it",
+            'set "nic" (or "nodeConfig") in the network config, or run `xdpcnictl load`',
+        )
+    with flocked(PinLayout(root).lock_file(".load"), LOAD_TIMEOUT, "datapath load lock"):
         if is_loaded(root):  # another ADD loaded it while we waited
             return False
-        cmd = [sys.executable, "-m", "datapath.ctl", "--root", root, "load", "--nic", node.nic,
-               "--mode", node.mode, "--vlan", str(node.vlan)]
+        cmd = [sys.executable, "-m", "datapath.loader"]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=LOAD_TIMEOUT, check=False)
+            proc = subprocess.run(
+                cmd, input=node.to_json(), capture_output=True, text=True, timeout=LOAD_TIMEOUT, check=False
+            )
         except subprocess.TimeoutExpired as exc:
             raise CniError(DATAPATH, f"loading the datapath timed out after {LOAD_TIMEOUT:.0f}s") from exc
         if proc.returncode != 0 or not is_loaded(root):
-            raise CniError(DATAPATH, "loading the node datapath failed",
-                           (proc.stderr or proc.stdout).strip()[-2000:])
+            raise CniError(
+                DATAPATH, "loading the node datapath failed", (proc.stderr or proc.stdout).strip()[-2000:]
+            )
         print(proc.stdout.strip(), file=sys.stderr)  # loader log: stderr, never the result stream
     return True

@@ -53,9 +53,7 @@ def _open_netns(netns_path: str) -> int:
         raise PlumbingError(f"network namespace {netns_path} does not exist") from exc
 
 
-def create_veth(
-    ipr: IPRoute, netns_path: str, host_ifname: str, pod_ifname: str, mtu: int
-) -> PodLink:
+def create_veth(ipr: IPRoute, netns_path: str, host_ifname: str, pod_ifname: str, mtu: int) -> PodLink:
     """Create the pair in the node namespace, move the pod end into the pod and name it there."""
     tmp_peer = "xt" + host_ifname[2:]
     nsfd = _open_netns(netns_path)
@@ -112,8 +110,13 @@ def configure_host_side(ipr: IPRoute, link: PodLink, ips: list[str]) -> None:
     for a in ips:
         ip = ipaddress.ip_address(a)
         plen = 32 if ip.version == 4 else 128
-        ipr.route("replace", dst=f"{ip}/{plen}", oif=link.host_ifindex, scope=RT_SCOPE_LINK,
-                  family=2 if ip.version == 4 else 10)
+        ipr.route(
+            "replace",
+            dst=f"{ip}/{plen}",
+            oif=link.host_ifindex,
+            scope=RT_SCOPE_LINK,
+            family=2 if ip.version == 4 else 10,
+        )
         ipr.neigh("replace", dst=str(ip), lladdr=link.pod_mac, ifindex=link.host_ifindex, state=NUD_PERMANENT)
 
 

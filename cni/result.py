@@ -70,15 +70,22 @@ class Result:
                 d["interface"] = ip.interface
             ips.append(d)
         routes = [{"dst": r.dst, **({"gw": r.gw} if r.gw else {})} for r in self.routes]
-        return {"cniVersion": cni_version, "interfaces": interfaces, "ips": ips, "routes": routes,
-                "dns": dict(self.dns)}
+        return {
+            "cniVersion": cni_version,
+            "interfaces": interfaces,
+            "ips": ips,
+            "routes": routes,
+            "dns": dict(self.dns),
+        }
 
     @classmethod
-    def from_json(cls, data: dict) -> "Result":
+    def from_json(cls, data: dict) -> Result:
         """Tolerant reader for a prevResult of any supported version."""
         res = cls()
         for i in data.get("interfaces") or []:
-            res.interfaces.append(Interface(i.get("name", ""), i.get("mac", ""), i.get("sandbox", ""), i.get("mtu")))
+            res.interfaces.append(
+                Interface(i.get("name", ""), i.get("mac", ""), i.get("sandbox", ""), i.get("mtu"))
+            )
         for ip in data.get("ips") or []:
             res.ips.append(IPConfig(ip.get("address", ""), ip.get("gateway", ""), ip.get("interface")))
         for r in data.get("routes") or []:

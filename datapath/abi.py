@@ -1,7 +1,9 @@
 """ctypes mirror of bpf/lib/structs.h and bpf/lib/consts.h, field for field.
 
-tests/kernel/test_abi.py checks every struct's size against the key/value size the kernel reports
-for the loaded map, and the reason enum against the C header, so the two cannot drift apart.
+tests/unit/test_abi_header.py compiles the C header and compares every field's offset and every
+struct's size with this mirror, and the reason enum and constants with the header;
+tests/kernel/test_abi_and_cleanup.py compares sizes with what the kernel reports for the loaded
+maps. So the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class EndpointKey(ct.Structure):
     _fields_ = [("addr", ct.c_uint8 * 16), ("family", ct.c_uint8), ("pad", ct.c_uint8 * 3)]
 
     @classmethod
-    def for_ip(cls, ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> "EndpointKey":
+    def for_ip(cls, ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> EndpointKey:
         addr = ipaddress.ip_address(ip)
         key = cls()
         raw = addr.packed
@@ -110,4 +112,14 @@ MAP_LAYOUT = {
     "node_cfg": (ct.c_uint32, NodeConfig),
     "counters": (ct.c_uint32, Counter),
     "tx_ports": (ct.c_uint32, ct.c_uint32),
+}
+
+
+# C struct name (bpf/lib/structs.h) -> its mirror, for the field-by-field layout test.
+C_STRUCTS = {
+    "endpoint_key": EndpointKey,
+    "endpoint_info": EndpointInfo,
+    "iface_info": IfaceInfo,
+    "node_config": NodeConfig,
+    "counter": Counter,
 }

@@ -19,12 +19,12 @@ def flatten(path: Path, seen: set[Path] | None = None) -> str:
     if path in seen:
         return ""
     seen.add(path)
-    out = [f"#line 1 \"{path}\""]
+    out = [f'#line 1 "{path}"']
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         m = _LOCAL_INCLUDE.match(line)
         if m:
             out.append(flatten(path.parent / m.group(1), seen))
-            out.append(f"#line {lineno + 1} \"{path}\"")
+            out.append(f'#line {lineno + 1} "{path}"')
         elif line.strip() == "#pragma once":
             out.append("")
         else:

@@ -1,9 +1,16 @@
-"""Node configuration (conf/xdpcni.yaml): which NIC, which mode, where the pins live."""
+"""Node configuration (conf/xdpcni.yaml): which NIC, which mode, where the pins live.
+
+One typed object, resolved once by `resolve()` (the YAML, then the caller's overrides: the CNI
+network config's fields or `xdpcnictl load` flags) and handed whole to the loader, which takes it
+as JSON on stdin when it runs as a child process (`python -m datapath.loader`).
+"""
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+import json
+import os
+from dataclasses import asdict, dataclass, field
 
 import yaml
 
@@ -44,7 +51,7 @@ class NodeConfig:
                 raise ConfigError(f"pod_cidrs: {cidr!r}: {exc}") from exc
 
     @classmethod
-    def from_dict(cls, data: dict) -> "NodeConfig":
+    def from_dict(cls, data: dict) -> NodeConfig:
         if not isinstance(data, dict):
             raise ConfigError("node config must be a YAML mapping")
         known = set(cls.__dataclass_fields__)
@@ -55,8 +62,19 @@ class NodeConfig:
             raise ConfigError("nic: the node's uplink interface name is required (e.g. eth0)")
         return cls(**data)
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
     @classmethod
-    def from_yaml(cls, path: str) -> "NodeConfig":
+    def from_json(cls, text: str) -> NodeConfig:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"node config is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_yaml(cls, path: str) -> NodeConfig:
         try:
             with open(path) as fh:
                 data = yaml.safe_load(fh)
@@ -65,3 +83,21 @@ class NodeConfig:
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
         return cls.from_dict(data or {})
+
+
+def resolve(path: str | None = None, **overrides) -> NodeConfig | None:
+    """The node's datapath settings: the YAML at `path` (default: DEFAULT_CONFIG_PATH when it
+    exists, which is what `make install` writes), then every override that is not None.
+
+    Overrides use NodeConfig field names (nic, mode, bpffs_root, vlan, mtu). Returns None when no
+    NIC is known (enough to use a loaded datapath, not to load one). Raises ConfigError.
+    """
+    data: dict = {}
+    if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
+        path = DEFAULT_CONFIG_PATH
+    if path:
+        data = asdict(NodeConfig.from_yaml(path))
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if not data.get("nic"):
+        return None
+    return NodeConfig.from_dict(data)

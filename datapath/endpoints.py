@@ -19,8 +19,6 @@ from . import abi
 from .maps import PerCpuArray, PinnedMap
 from .pins import DEFAULT_ROOT, PinLayout
 
-LOCK_DIR = "/run/xdpcni/locks"
-
 
 class EndpointTableFull(RuntimeError):
     pass
@@ -67,9 +65,9 @@ class EndpointTable:
     @contextmanager
     def _locked(self):
         """Serialise ep_id allocation between concurrent CNI processes on this node."""
-        os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
-        name = self.layout.root.strip("/").replace("/", "_") + ".lock"
-        fd = os.open(os.path.join(LOCK_DIR, name), os.O_RDWR | os.O_CREAT, 0o600)
+        path = self.layout.lock_file()
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -88,8 +86,9 @@ class EndpointTable:
             host_mac = abi.mac_to_bytes(ep.host_mac)
             self.tx_ports.put(ep.ifindex, ctypes.c_uint32(ep.ifindex))
             self.ifaces.put(ep.ifindex, abi.IfaceInfo(ep_id=ep.ep_id, pod_mac=pod_mac, host_mac=host_mac))
-            info = abi.EndpointInfo(ifindex=ep.ifindex, ep_id=ep.ep_id, pod_mac=pod_mac, host_mac=host_mac,
-                                    flags=ep.flags)
+            info = abi.EndpointInfo(
+                ifindex=ep.ifindex, ep_id=ep.ep_id, pod_mac=pod_mac, host_mac=host_mac, flags=ep.flags
+            )
             for ip in ep.ips:
                 self.endpoints.put(abi.EndpointKey.for_ip(ip), info)
         return ep

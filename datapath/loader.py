@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pyroute2 import IPRoute
 
 from . import abi, attach, libbpf, probes, sysctl
 from .bccsrc import flatten
-from .config import NodeConfig
+from .config import ConfigError, NodeConfig
 from .maps import PinnedMap
 from .pins import PROGRAMS, PinLayout
 
@@ -58,7 +59,7 @@ class NodeState:
         os.replace(tmp, layout.state_file)
 
     @classmethod
-    def read(cls, root: str) -> "NodeState | None":
+    def read(cls, root: str) -> NodeState | None:
         try:
             with open(PinLayout(root).state_file) as fh:
                 return cls(**json.load(fh))
@@ -68,7 +69,7 @@ class NodeState:
 
 def resolve_mode(ipr: IPRoute, ifindex: int, requested: str) -> str:
     """auto: TC on virtual NICs (veth, bridge...: XDP redirect there costs more than it saves, see
-    DESIGN.md "Costs"), XDP on a real NIC with a driver; xdp/tc: as asked."""
+    docs/design.md "Costs"), XDP on a real NIC with a driver; xdp/tc: as asked."""
     if requested != "auto":
         return requested
     link = ipr.get_links(ifindex)[0]
@@ -138,7 +139,8 @@ def load(cfg: NodeConfig, log=print) -> NodeState:
 
         with PinnedMap(layout, "node_cfg") as node_cfg:
             node_cfg.put(
-                0, abi.NodeConfig(nic_ifindex=nic_ifindex, nic_mac=abi.mac_to_bytes(nic_mac), vlan_id=cfg.vlan)
+                0,
+                abi.NodeConfig(nic_ifindex=nic_ifindex, nic_mac=abi.mac_to_bytes(nic_mac), vlan_id=cfg.vlan),
             )
         sysctl.enable_forwarding(cfg.nic)
 
@@ -161,7 +163,7 @@ def load(cfg: NodeConfig, log=print) -> NodeState:
         # Upgrade: point existing pods' host veths at the new pod program (atomic replace).
         upgraded = 0
         with PinnedMap(layout, "ifaces") as ifaces:
-            for key in ifaces.keys():
+            for key in ifaces:
                 if _link_exists(ipr, key.value):
                     attach.attach_tc_ingress(ipr, key.value, fds["tc_pod"], "xdpcni_tc_pod")
                     upgraded += 1
@@ -208,7 +210,7 @@ def unload(root: str, log=print) -> bool:
             did = True
         if os.path.exists(layout.map("ifaces")):
             with PinnedMap(layout, "ifaces") as ifaces:
-                for key in ifaces.keys():
+                for key in ifaces:
                     if _link_exists(ipr, key.value):
                         attach.detach_tc_ingress(ipr, key.value)
     if os.path.isdir(layout.root):
@@ -236,3 +238,24 @@ def open_program(root: str, name: str) -> int:
     except FileNotFoundError as exc:
         raise LoadError(f"program {path} is not pinned: load the node datapath first") from exc
 
+
+def main() -> int:
+    """`python -m datapath.loader`: load with the NodeConfig given as JSON on stdin.
+
+    How the CNI plugin loads a missing datapath (cni/node.py) without compiling in its own
+    process. Log lines go to stdout; a failure is one line on stderr and exit status 1.
+    """
+    try:
+        cfg = NodeConfig.from_json(sys.stdin.read())
+        state = load(cfg, log=lambda m: print(m, flush=True))
+    except (ConfigError, LoadError, probes.ProbeError, OSError) as exc:
+        print(f"datapath.loader: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"loaded: {state.nic} (ifindex {state.nic_ifindex}) mode={state.mode} pins={state.root}", flush=True
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

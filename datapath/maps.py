@@ -55,6 +55,9 @@ class PinnedMap:
     def keys(self):
         return list(libbpf.map_keys(self.fd, self.key_type))
 
+    def __iter__(self):
+        return iter(self.keys())
+
     def items(self):
         out = []
         for k in self.keys():

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 
 DEFAULT_ROOT = "/sys/fs/bpf/xdpcni"
+RUN_DIR = "/run/xdpcni"  # node state next to the pins (bpffs holds only BPF objects)
+LOCK_DIR = os.path.join(RUN_DIR, "locks")
 BPFFS_MAGIC = 0xCAFE4A11
 
 PROGRAMS = ("xdp_nic", "tc_nic", "tc_pod", "xdp_pod")
@@ -31,10 +33,18 @@ class PinLayout:
         return os.path.join(self.progs_dir, name)
 
     @property
+    def key(self) -> str:
+        """The pin root as one file name, for state and lock files in /run."""
+        return self.root.strip("/").replace("/", "_")
+
+    @property
     def state_file(self) -> str:
-        """Node state (NIC, mode) written by the loader; bpffs holds only BPF objects, so it is
-        kept next to the pins in /run."""
-        return os.path.join("/run/xdpcni", self.root.strip("/").replace("/", "_") + ".json")
+        """Node state (NIC, mode) written by the loader."""
+        return os.path.join(RUN_DIR, self.key + ".json")
+
+    def lock_file(self, suffix: str = "") -> str:
+        """Lock file for this datapath instance: "" for the endpoint maps, ".load" for loading."""
+        return os.path.join(LOCK_DIR, f"{self.key}{suffix}.lock")
 
     def is_loaded(self) -> bool:
         return all(os.path.exists(self.prog(p)) for p in PROGRAMS) and all(

@@ -27,9 +27,7 @@ def require_root() -> None:
 def require_kernel(minimum: tuple[int, int] = MIN_KERNEL, what: str = "bpf_redirect_peer") -> None:
     have = kernel_version()
     if have < minimum:
-        raise ProbeError(
-            f"kernel {platform.release()} is too old: {what} needs >= {minimum[0]}.{minimum[1]}"
-        )
+        raise ProbeError(f"kernel {platform.release()} is too old: {what} needs >= {minimum[0]}.{minimum[1]}")
 
 
 def require_bcc():

@@ -19,7 +19,7 @@ say() { printf 'install: %s\n' "$*"; }
 
 if [ "${1:-}" = "--uninstall" ]; then
   if [ -z "$DEST" ] && [ -x "$PY" ]; then
-    "$PY" -m datapath.ctl unload || true
+    "$PY" -m node.ctl unload || true
   fi
   rm -f "$BIN/xdpcni" "$BIN/xdpcnictl"
   for f in "$NETD/10-xdpcni.conflist" "$ETC/xdpcni.yaml"; do
@@ -31,7 +31,7 @@ fi
 
 [ -x "$PY" ] || { echo "install: run 'make setup' first (no venv at $HERE/.venv)" >&2; exit 1; }
 mkdir -p "$BIN" "$NETD" "$ETC"
-for tool in xdpcni:cni.main xdpcnictl:datapath.ctl; do
+for tool in xdpcni:cni.main xdpcnictl:node.ctl; do
   name=${tool%%:*}; module=${tool#*:}
   cat > "$BIN/$name.tmp" <<LAUNCHER
 #!/bin/sh

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 
-APT_PKGS=(python3-bpfcc libbpf1 bpftool clang llvm iproute2 ethtool tcpdump netsniff-ng sockperf
+APT_PKGS=(python3-bpfcc libbpf1 bpftool clang clang-format llvm iproute2 ethtool tcpdump netsniff-ng sockperf
           iperf3 containernetworking-plugins linux-headers-amd64 python3-venv util-linux procps
           iputils-ping)
 

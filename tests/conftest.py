@@ -12,7 +12,9 @@ import pytest
 def kernel_skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "needs root (network namespaces, BPF)"
-    if not os.path.exists("/sys/kernel/btf/vmlinux") and not os.path.exists("/proc/sys/net/core/bpf_jit_enable"):
+    if not os.path.exists("/sys/kernel/btf/vmlinux") and not os.path.exists(
+        "/proc/sys/net/core/bpf_jit_enable"
+    ):
         return "kernel without BPF support"
     if shutil.which("nsenter") is None:
         return "nsenter (util-linux) missing: run make setup"
@@ -41,7 +43,7 @@ def mode(request):
 @pytest.fixture(scope="module")
 def node_env(mode):
     """One simulated node (datapath loaded in `mode`) with two pods, torn down even on failure."""
-    from tests.harness.topology import Cluster
+    from sim.topology import Cluster
 
     cluster = Cluster(1)
     try:

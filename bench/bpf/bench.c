@@ -3,7 +3,7 @@
  *
  * Live frames (BPF_PROG_TEST_RUN + BPF_F_TEST_XDP_LIVE_FRAMES) recycle their pages without
  * copying the frame in again, so a program that rewrites MACs and decrements the TTL would see its
- * own edits on the next use of the page (DESIGN.md "Live frames"). The prologues below copy the
+ * own edits on the next use of the page (docs/design.md "Live frames"). The prologues below copy the
  * original headers back from `tmpl` and then tail-call the program under test (slot 0 of
  * xdp_jmp / tc_jmp): every frame the program under test sees is the frame we meant to send.
  *

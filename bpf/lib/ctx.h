@@ -9,8 +9,14 @@
 #define CTX_PASS XDP_PASS
 #define CTX_DROP XDP_DROP
 
-static __always_inline void *ctx_data(struct xdp_md *ctx) { return (void *)(long)ctx->data; }
-static __always_inline void *ctx_data_end(struct xdp_md *ctx) { return (void *)(long)ctx->data_end; }
+static __always_inline void *ctx_data(struct xdp_md *ctx)
+{
+	return (void *)(long)ctx->data;
+}
+static __always_inline void *ctx_data_end(struct xdp_md *ctx)
+{
+	return (void *)(long)ctx->data_end;
+}
 static __always_inline __u32 ctx_len(struct xdp_md *ctx)
 {
 	__u32 len = ctx->data_end - ctx->data;
@@ -20,9 +26,12 @@ static __always_inline __u32 ctx_len(struct xdp_md *ctx)
 	asm volatile("" : "+r"(len));
 	return len;
 }
-static __always_inline __u32 ctx_ifindex(struct xdp_md *ctx) { return ctx->ingress_ifindex; }
+static __always_inline __u32 ctx_ifindex(struct xdp_md *ctx)
+{
+	return ctx->ingress_ifindex;
+}
 /* XDP frames on our MTUs are linear: nothing to pull. */
-static __always_inline void ctx_pull(struct xdp_md *ctx, __u32 len) { }
+static __always_inline void ctx_pull(struct xdp_md *ctx, __u32 len) {}
 /* Cut Ethernet padding so the pod gets exactly the IP packet, as kernel forwarding does. */
 static __always_inline int ctx_trim(struct xdp_md *ctx, __u32 len)
 {
@@ -33,13 +42,28 @@ static __always_inline int ctx_trim(struct xdp_md *ctx, __u32 len)
 #define CTX_PASS TC_ACT_OK
 #define CTX_DROP TC_ACT_SHOT
 
-static __always_inline void *ctx_data(struct __sk_buff *ctx) { return (void *)(long)ctx->data; }
-static __always_inline void *ctx_data_end(struct __sk_buff *ctx) { return (void *)(long)ctx->data_end; }
-static __always_inline __u32 ctx_len(struct __sk_buff *ctx) { return ctx->len; }
-static __always_inline __u32 ctx_ifindex(struct __sk_buff *ctx) { return ctx->ingress_ifindex; }
+static __always_inline void *ctx_data(struct __sk_buff *ctx)
+{
+	return (void *)(long)ctx->data;
+}
+static __always_inline void *ctx_data_end(struct __sk_buff *ctx)
+{
+	return (void *)(long)ctx->data_end;
+}
+static __always_inline __u32 ctx_len(struct __sk_buff *ctx)
+{
+	return ctx->len;
+}
+static __always_inline __u32 ctx_ifindex(struct __sk_buff *ctx)
+{
+	return ctx->ingress_ifindex;
+}
 /* Frames from PACKET_MMAP senders reach TC with only the Ethernet header linear: pull the headers
  * we parse (failure is fine: short packets are then caught by the bounds checks). */
-static __always_inline void ctx_pull(struct __sk_buff *ctx, __u32 len) { bpf_skb_pull_data(ctx, len); }
+static __always_inline void ctx_pull(struct __sk_buff *ctx, __u32 len)
+{
+	bpf_skb_pull_data(ctx, len);
+}
 static __always_inline int ctx_trim(struct __sk_buff *ctx, __u32 len)
 {
 	return bpf_skb_change_tail(ctx, len, 0);

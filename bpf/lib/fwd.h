@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* The forwarding rules (../shared/DESIGN.md "Forwarding rules"): a packet takes the fast path only
+/* The forwarding rules (docs/design.md "Forwarding rules"): a packet takes the fast path only
  * when the kernel would forward it unchanged but for MACs and TTL; anything else goes to the
  * stack so the kernel decides. Shared by the NIC program (XDP and TC) and the pod program. */
 #pragma once
@@ -15,16 +15,23 @@
 
 /* What the checks decided for a packet that may take the fast path. */
 struct fwd_plan {
-	struct endpoint_key dst;  /* destination address as an endpoints key */
-	struct endpoint_key src;  /* source address as an endpoints key */
-	__u32 l3off;              /* offset of the IP header in the frame */
-	__u32 ip_len;             /* IP packet length (the frame is trimmed to l3off + ip_len) */
-	__u8 family;              /* XDPCNI_FAMILY_IPV4 / _IPV6 */
+	struct endpoint_key dst; /* destination address as an endpoints key */
+	struct endpoint_key src; /* source address as an endpoints key */
+	__u32 l3off;             /* offset of the IP header in the frame */
+	__u32 ip_len;            /* IP packet length (the frame is trimmed to l3off + ip_len) */
+	__u8 family;             /* XDPCNI_FAMILY_IPV4 / _IPV6 */
 	__u8 tos;
 	__u8 l4proto;
 	__u8 pad;
 	__be32 flowinfo;
 };
+
+/* A check's reason that drops the packet (anti-spoofing, dead target) rather than passing it. */
+static __always_inline bool reason_drops(int reason)
+{
+	return reason == REASON_DROP_SPOOF_MAC || reason == REASON_DROP_SPOOF_IP ||
+	       reason == REASON_DROP_REDIRECT;
+}
 
 static __always_inline bool mac_eq(const __u8 *a, const __u8 *b)
 {
@@ -70,11 +77,11 @@ static __always_inline bool ipv6_martian(const struct in6_addr *a)
 
 static __always_inline bool ipv6_is_ext_header(__u8 nexthdr)
 {
-	return nexthdr == 0 /* hop-by-hop */ || nexthdr == 43 /* routing */ ||
-	       nexthdr == 44 /* fragment */ || nexthdr == 60 /* dest opts */;
+	return nexthdr == 0 /* hop-by-hop */ || nexthdr == 43 /* routing */ || nexthdr == 44 /* fragment */ ||
+	       nexthdr == 60 /* dest opts */;
 }
 
-/* IPv4 rules; returns a REASON_PASS_* or -1 when the packet may take the fast path. */
+/* IPv4 rules: CHECK_OK or the REASON_PASS_* that sends the packet to the stack. */
 static __always_inline int check_ipv4(struct hdr_cursor *nh, void *data_end, __u32 l3_avail,
 				      struct fwd_plan *plan)
 {
@@ -106,10 +113,10 @@ static __always_inline int check_ipv4(struct hdr_cursor *nh, void *data_end, __u
 	plan->ip_len = tot_len;
 	plan->tos = iph->tos;
 	plan->l4proto = iph->protocol;
-	return -1;
+	return CHECK_OK;
 }
 
-/* IPv6 rules; returns a REASON_PASS_* or -1 when the packet may take the fast path. */
+/* IPv6 rules: CHECK_OK or the REASON_PASS_* that sends the packet to the stack. */
 static __always_inline int check_ipv6(struct hdr_cursor *nh, void *data_end, __u32 l3_avail,
 				      struct fwd_plan *plan)
 {
@@ -137,10 +144,10 @@ static __always_inline int check_ipv6(struct hdr_cursor *nh, void *data_end, __u
 	plan->ip_len = len;
 	plan->l4proto = ip6h->nexthdr;
 	plan->flowinfo = *(__be32 *)ip6h & bpf_htonl(0x0fffffff);
-	return -1;
+	return CHECK_OK;
 }
 
-/* Dispatch on the ethertype at the cursor. */
+/* IP rules by the ethertype at the cursor: CHECK_OK or a REASON_PASS_*. */
 static __always_inline int check_ip(int proto, struct hdr_cursor *nh, void *data_end, __u32 frame_len,
 				    struct fwd_plan *plan)
 {
@@ -204,12 +211,11 @@ static __always_inline int ctx_rewrite(struct ctx_buff *ctx, struct fwd_plan *pl
 /* NIC ingress: the decision shared by the XDP and TC NIC programs. Returns the endpoint to deliver
  * to (plan filled, packet not yet modified) or NULL with *reason set for the stack. */
 static __always_inline struct endpoint_info *nic_decide(struct ctx_buff *ctx, struct node_config *cfg,
-							  struct fwd_plan *plan, int *reason,
-							  bool *pop_vlan)
+							struct fwd_plan *plan, int *reason, bool *pop_vlan)
 {
 	void *data = ctx_data(ctx);
 	void *data_end = ctx_data_end(ctx);
-	struct hdr_cursor nh = { .pos = data };
+	struct hdr_cursor nh = {.pos = data};
 	struct ethhdr *eth;
 	struct endpoint_info *ep;
 	int proto, r;
@@ -252,7 +258,7 @@ static __always_inline struct endpoint_info *nic_decide(struct ctx_buff *ctx, st
 	}
 #endif
 	r = check_ip(proto, &nh, data_end, ctx_len(ctx), plan);
-	if (r >= 0) {
+	if (r != CHECK_OK) {
 		*reason = r;
 		return NULL;
 	}

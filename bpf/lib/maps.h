@@ -10,19 +10,18 @@
 #endif
 
 /* Local pods by address; written by the CNI (datapath/endpoints.py), read by all programs. */
-BPF_TABLE_PINNED("hash", struct endpoint_key, struct endpoint_info, endpoints,
-		 2 * XDPCNI_MAX_ENDPOINTS, PIN_ROOT "/maps/endpoints");
+BPF_TABLE_PINNED("hash", struct endpoint_key, struct endpoint_info, endpoints, 2 * XDPCNI_MAX_ENDPOINTS,
+		 PIN_ROOT "/maps/endpoints");
 
 /* Host-side veths by ifindex; written by the CNI, read by the pod egress program (anti-spoofing). */
-BPF_TABLE_PINNED("hash", __u32, struct iface_info, ifaces, XDPCNI_MAX_ENDPOINTS,
-		 PIN_ROOT "/maps/ifaces");
+BPF_TABLE_PINNED("hash", __u32, struct iface_info, ifaces, XDPCNI_MAX_ENDPOINTS, PIN_ROOT "/maps/ifaces");
 
 /* The node's NIC; written by the loader, read by the NIC programs. */
 BPF_TABLE_PINNED("array", __u32, struct node_config, node_cfg, 1, PIN_ROOT "/maps/node_cfg");
 
 /* Packet/byte counters per endpoint and reason, per CPU; written by all programs. */
-BPF_TABLE_PINNED("percpu_array", __u32, struct counter, counters,
-		 XDPCNI_MAX_ENDPOINTS * XDPCNI_REASON_MAX, PIN_ROOT "/maps/counters");
+BPF_TABLE_PINNED("percpu_array", __u32, struct counter, counters, (XDPCNI_MAX_ENDPOINTS * XDPCNI_REASON_MAX),
+		 PIN_ROOT "/maps/counters");
 
 #ifdef XDPCNI_XDP
 /* XDP redirect targets: DEVMAP_HASH keyed by host-veth ifindex, value the same ifindex.

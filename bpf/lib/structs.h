@@ -6,33 +6,33 @@
 
 /* endpoints map key: one key for both families (IPv4 uses addr[0..3], rest zero). */
 struct endpoint_key {
-	__u8 addr[16];   /* destination address, network byte order */
-	__u8 family;     /* XDPCNI_FAMILY_IPV4 or XDPCNI_FAMILY_IPV6 */
-	__u8 pad[3];     /* must be zero */
+	__u8 addr[16]; /* destination address, network byte order */
+	__u8 family;   /* XDPCNI_FAMILY_IPV4 or XDPCNI_FAMILY_IPV6 */
+	__u8 pad[3];   /* must be zero */
 };
 
 /* endpoints map value: everything needed to deliver to the pod without the host stack. */
 struct endpoint_info {
-	__u32 ifindex;      /* host-side veth, node namespace: redirect (peer) target, devmap key */
-	__u32 ep_id;        /* endpoint slot 1..XDPCNI_MAX_ENDPOINTS-1: counters row */
-	__u8 pod_mac[6];    /* pod's eth0 MAC: destination MAC after rewrite */
-	__u8 host_mac[6];   /* host-side veth MAC: source MAC after rewrite */
-	__u32 flags;        /* XDPCNI_EP_F_*: directions that must take the host stack */
+	__u32 ifindex;    /* host-side veth, node namespace: redirect (peer) target, devmap key */
+	__u32 ep_id;      /* endpoint slot 1..XDPCNI_MAX_ENDPOINTS-1: counters row */
+	__u8 pod_mac[6];  /* pod's eth0 MAC: destination MAC after rewrite */
+	__u8 host_mac[6]; /* host-side veth MAC: source MAC after rewrite */
+	__u32 flags;      /* XDPCNI_EP_F_*: directions that must take the host stack */
 };
 
 /* ifaces map value, keyed by host-side veth ifindex: who may send from that veth. */
 struct iface_info {
-	__u32 ep_id;        /* endpoint slot owning this veth */
-	__u8 pod_mac[6];    /* the only source MAC accepted from the pod */
-	__u8 host_mac[6];   /* the host veth's MAC: frames must be addressed to it */
+	__u32 ep_id;      /* endpoint slot owning this veth */
+	__u8 pod_mac[6];  /* the only source MAC accepted from the pod */
+	__u8 host_mac[6]; /* the host veth's MAC: frames must be addressed to it */
 };
 
 /* node_cfg map value (single entry, key 0): the node's NIC as the programs see it. */
 struct node_config {
-	__u32 nic_ifindex;  /* the NIC the node programs are attached to */
-	__u8 nic_mac[6];    /* only unicast frames to this MAC take the fast path */
-	__u16 vlan_id;      /* 802.1Q VLAN carried on the NIC for pods, 0 = none */
-	__u32 flags;        /* reserved, zero */
+	__u32 nic_ifindex; /* the NIC the node programs are attached to */
+	__u8 nic_mac[6];   /* only unicast frames to this MAC take the fast path */
+	__u16 vlan_id;     /* 802.1Q VLAN carried on the NIC for pods, 0 = none */
+	__u32 flags;       /* reserved, zero */
 	__u32 pad;
 };
 

@@ -18,7 +18,15 @@ from datapath.endpoints import Endpoint, EndpointTable, EndpointTableFull
 
 from .. import node, plumbing, testhook
 from ..env import CniEnv
-from ..errors import ALREADY_EXISTS, DATAPATH, INVALID_ENV, INVALID_NETCONF, PLUMBING, UNSUPPORTED_FIELD, CniError
+from ..errors import (
+    ALREADY_EXISTS,
+    DATAPATH,
+    INVALID_ENV,
+    INVALID_NETCONF,
+    PLUMBING,
+    UNSUPPORTED_FIELD,
+    CniError,
+)
 from ..ipam import builtin, delegate
 from ..netconf import NetConf
 from ..records import Record
@@ -49,9 +57,12 @@ def stack_flags(conf: NetConf) -> int:
         # The reference bandwidth plugin shapes pod egress with an `ingress` qdisc on the host
         # veth, whose hook our anti-spoofing program holds (clsact): refuse before creating
         # anything rather than leave the runtime a half-built chain.
-        raise CniError(UNSUPPORTED_FIELD, "bandwidth egressRate is not supported by xdpcni",
-                       "xdpcni's pod program owns the host veth's ingress hook (anti-spoofing); "
-                       "ingressRate works (traffic to the pod then takes the host stack)")
+        raise CniError(
+            UNSUPPORTED_FIELD,
+            "bandwidth egressRate is not supported by xdpcni",
+            "xdpcni's pod program owns the host veth's ingress hook (anti-spoofing); "
+            "ingressRate works (traffic to the pod then takes the host stack)",
+        )
     return flags
 
 
@@ -114,8 +125,7 @@ def run(env: CniEnv, conf: NetConf) -> dict:
             try:
                 with EndpointTable(root) as table:
                     undo.callback(forget_endpoint, root, link.host_ifindex, ips)
-                    table.add(Endpoint(link.host_ifindex, link.pod_mac, link.host_mac, ips,
-                                       flags=flags))
+                    table.add(Endpoint(link.host_ifindex, link.pod_mac, link.host_mac, ips, flags=flags))
             except EndpointTableFull as exc:
                 raise CniError(DATAPATH, str(exc)) from exc
             testhook.step("maps")

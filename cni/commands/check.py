@@ -26,8 +26,12 @@ def run(env: CniEnv, conf: NetConf) -> None:
     if conf.prev_result is None:
         raise CniError(INVALID_NETCONF, "CHECK needs prevResult")
     prev = Result.from_json(conf.prev_result)
-    ours = [i for i in prev.ips if i.interface is None or
-            (0 <= i.interface < len(prev.interfaces) and prev.interfaces[i.interface].name == env.ifname)]
+    ours = [
+        i
+        for i in prev.ips
+        if i.interface is None
+        or (0 <= i.interface < len(prev.interfaces) and prev.interfaces[i.interface].name == env.ifname)
+    ]
     want = sorted(ip.ip for ip in ours)
     rec = record_store(conf).get(env.container_id, env.ifname)
     if rec is None or not rec.complete:
@@ -39,8 +43,7 @@ def run(env: CniEnv, conf: NetConf) -> None:
         found = pod.link_lookup(ifname=env.ifname)
         if not found:
             raise _fail(f"{env.ifname} is missing in {env.netns}")
-        have = sorted(a.get_attr("IFA_ADDRESS") for a in pod.get_addr(index=found[0])
-                      if a["scope"] == 0)
+        have = sorted(a.get_attr("IFA_ADDRESS") for a in pod.get_addr(index=found[0]) if a["scope"] == 0)
         have = sorted(str(ipaddress.ip_address(a)) for a in have)
         if have != want:
             raise _fail(f"{env.ifname} has addresses {have}, prevResult says {want}")

@@ -48,8 +48,12 @@ def release_ipam(conf: NetConf, env: CniEnv, container_id: str, ifname: str, ipa
     kind = ipam_type or (conf.ipam.type if conf.ipam else "")
     if not kind or kind == "xdpcni":
         return builtin.release(lease_store(conf), container_id, ifname)
-    deleg_env = {**env.raw, "CNI_CONTAINERID": container_id, "CNI_IFNAME": ifname,
-                 "CNI_NETNS": env.netns if container_id == env.container_id else ""}
+    deleg_env = {
+        **env.raw,
+        "CNI_CONTAINERID": container_id,
+        "CNI_IFNAME": ifname,
+        "CNI_NETNS": env.netns if container_id == env.container_id else "",
+    }
     ipam_raw = conf.ipam.raw if conf.ipam and conf.ipam.type == kind else {"type": kind}
     delegate.call(kind, "DEL", {**conf.raw, "ipam": ipam_raw}, deleg_env, env.path)
     return []

@@ -18,7 +18,7 @@ from .common import lease_store, record_store, teardown
 
 def run(env: CniEnv, conf: NetConf) -> dict:
     if conf.valid_attachments is None:
-        raise CniError(INVALID_NETCONF, "GC needs \"cni.dev/valid-attachments\" in the network config")
+        raise CniError(INVALID_NETCONF, 'GC needs "cni.dev/valid-attachments" in the network config')
     valid = set(conf.valid_attachments)
     removed = []
     for rec in record_store(conf).all():

@@ -23,7 +23,9 @@ def run(env: CniEnv, conf: NetConf) -> None:
     if not node.is_loaded(root):
         node_cfg = conf.node()
         if node_cfg is None:
-            raise CniError(NOT_AVAILABLE, f"datapath not loaded under {root} and no NIC configured to load it")
+            raise CniError(
+                NOT_AVAILABLE, f"datapath not loaded under {root} and no NIC configured to load it"
+            )
         with IPRoute() as ipr:
             if not ipr.link_lookup(ifname=node_cfg.nic):
                 raise CniError(NOT_AVAILABLE, f"datapath not loaded and NIC {node_cfg.nic} is missing")

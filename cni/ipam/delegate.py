@@ -31,18 +31,24 @@ def find_plugin(name: str, cni_path: list[str]) -> str:
 def _run(exe: str, verb: str, conf: dict, cni_env: dict[str, str]) -> tuple[int, str]:
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **cni_env, "CNI_COMMAND": verb}
     try:
-        proc = subprocess.run([exe], input=json.dumps(conf).encode(), env=env, capture_output=True,
-                              timeout=TIMEOUT, check=False)
+        proc = subprocess.run(
+            [exe], input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=TIMEOUT, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         raise CniError(IPAM_DELEGATE, f"IPAM plugin {exe} {verb} timed out after {TIMEOUT:.0f}s") from exc
-    return proc.returncode, proc.stdout.decode(errors="replace").strip() or proc.stderr.decode(errors="replace")
+    return proc.returncode, proc.stdout.decode(errors="replace").strip() or proc.stderr.decode(
+        errors="replace"
+    )
 
 
 def _error(exe: str, verb: str, out: str) -> CniError:
     try:
         obj = json.loads(out)
-        return CniError(int(obj["code"]), f"IPAM plugin {os.path.basename(exe)} {verb}: {obj.get('msg', '')}",
-                        str(obj.get("details", "")))
+        return CniError(
+            int(obj["code"]),
+            f"IPAM plugin {os.path.basename(exe)} {verb}: {obj.get('msg', '')}",
+            str(obj.get("details", "")),
+        )
     except (ValueError, KeyError, TypeError):
         return CniError(IPAM_DELEGATE, f"IPAM plugin {os.path.basename(exe)} {verb} failed", out[-2000:])
 

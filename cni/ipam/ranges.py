@@ -26,7 +26,12 @@ class Range:
 
     @property
     def size(self) -> int:
-        return int(self.end) - int(self.start) + 1 - (1 if self.gateway is not None and self.gateway in self else 0)
+        return (
+            int(self.end)
+            - int(self.start)
+            + 1
+            - (1 if self.gateway is not None and self.gateway in self else 0)
+        )
 
     def addresses_from(self, first: IPAddress):
         """Usable addresses from `first` (inside the range) to the end, the gateway skipped."""
@@ -77,7 +82,9 @@ class RangeSet:
             yield ip
 
     def to_json(self) -> list[dict]:
-        return [{"subnet": str(r.subnet), "rangeStart": str(r.start), "rangeEnd": str(r.end)} for r in self.ranges]
+        return [
+            {"subnet": str(r.subnet), "rangeStart": str(r.start), "rangeEnd": str(r.end)} for r in self.ranges
+        ]
 
 
 def _addr(value, what: str) -> IPAddress:
@@ -89,7 +96,7 @@ def _addr(value, what: str) -> IPAddress:
 
 def parse_range(item) -> Range:
     if not isinstance(item, dict) or "subnet" not in item:
-        raise CniError(INVALID_NETCONF, f"ipam: range {item!r} needs a \"subnet\"")
+        raise CniError(INVALID_NETCONF, f'ipam: range {item!r} needs a "subnet"')
     try:
         subnet = ipaddress.ip_network(item["subnet"], strict=False)
     except (ValueError, TypeError):
@@ -117,7 +124,7 @@ def parse_range(item) -> Range:
 
 def parse_range_sets(value) -> list[RangeSet]:
     if not isinstance(value, list) or not value:
-        raise CniError(INVALID_NETCONF, "ipam: \"ranges\" must be a non-empty list of range sets")
+        raise CniError(INVALID_NETCONF, 'ipam: "ranges" must be a non-empty list of range sets')
     sets: list[RangeSet] = []
     for raw_set in value:
         if not isinstance(raw_set, list) or not raw_set:
@@ -128,7 +135,9 @@ def parse_range_sets(value) -> list[RangeSet]:
         sets.append(RangeSet(ranges))
     all_ranges = [r for s in sets for r in s.ranges]
     for i, a in enumerate(all_ranges):
-        for b in all_ranges[i + 1:]:
+        for b in all_ranges[i + 1 :]:
             if a.start.version == b.start.version and a.start <= b.end and b.start <= a.end:
-                raise CniError(INVALID_NETCONF, f"ipam: ranges {a.start}-{a.end} and {b.start}-{b.end} overlap")
+                raise CniError(
+                    INVALID_NETCONF, f"ipam: ranges {a.start}-{a.end} and {b.start}-{b.end} overlap"
+                )
     return sets

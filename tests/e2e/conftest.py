@@ -1,12 +1,12 @@
 """e2e fixtures: a simulated node whose pods are made by running the installed `xdpcni`
-executable the way a container runtime does (tests/harness/cni_runtime.py)."""
+executable the way a container runtime does (sim/cni_runtime.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.harness.cni_runtime import Runtime
-from tests.harness.topology import Cluster
+from sim.cni_runtime import Runtime
+from sim.topology import Cluster
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from tests.harness.agent import NodeAgent
-from tests.harness.cni_runtime import Runtime
+from sim.agent import NodeAgent
+from sim.cni_runtime import Runtime
+from sim.packets import udp_exchange
 from tests.harness.nodestate import pod_links, snapshot
-from tests.harness.packets import udp_exchange
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""Issue 3, acceptance 2: xdpcni as the first plugin of a conflist with Debian's reference
+"""Xdpcni as the first plugin of a conflist with Debian's reference
 portmap and bandwidth (prevResult passed along, CHECK against it, DEL in reverse), and IPAM
 delegated to Debian's host-local."""
 
@@ -11,10 +11,10 @@ import pytest
 from datapath.abi import EP_F_EGRESS_VIA_STACK, EP_F_INGRESS_VIA_STACK
 from datapath.endpoints import EndpointTable
 from datapath.netns import entered
-from tests.harness.cni_runtime import Runtime, xdpcni_netconf
+from sim.cni_runtime import Runtime, xdpcni_netconf
+from sim.packets import udp_exchange
+from sim.topology import run_in
 from tests.harness.nodestate import pod_links, snapshot
-from tests.harness.packets import udp_exchange
-from tests.harness.topology import run_in
 
 pytestmark = pytest.mark.e2e
 HOST_PORT, POD_PORT = 18080, 8080
@@ -115,8 +115,11 @@ def test_conflist_with_portmap_and_bandwidth(cluster, node):
 
 def test_host_local_ipam_delegation(cluster, node):
     hl_dir = os.path.join(node.data_dir, "host-local")
-    ipam = {"type": "host-local", "dataDir": hl_dir,
-            "ranges": [[{"subnet": str(node.cidr4)}], [{"subnet": str(node.cidr6)}]]}
+    ipam = {
+        "type": "host-local",
+        "dataDir": hl_dir,
+        "ranges": [[{"subnet": str(node.cidr4)}], [{"subnet": str(node.cidr6)}]],
+    }
     rt = Runtime.single(node, "tc", ipam=ipam)
     pods = []
     for i in range(3):

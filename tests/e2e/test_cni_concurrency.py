@@ -1,4 +1,4 @@
-"""Issue 3, acceptance 3: 50 ADDs at once (as a kubelet starting a node full of pods) get 50
+"""50 ADDs at once (as a kubelet starting a node full of pods) get 50
 distinct addresses, all reachable; 50 DELs at once leave nothing."""
 
 from concurrent.futures import ThreadPoolExecutor
@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from datapath.endpoints import EndpointTable
+from sim.packets import udp_exchange
 from tests.harness.nodestate import pod_links, snapshot
-from tests.harness.packets import udp_exchange
 
 pytestmark = pytest.mark.e2e
 N = 50

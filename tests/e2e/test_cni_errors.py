@@ -32,7 +32,13 @@ CASES = [
     ("unknown-version", "ADD", lambda rt, n: _conf(rt, cniVersion="9.9.9"), {}, 1),
     ("malformed-version", "ADD", lambda rt, n: _conf(rt, cniVersion="one"), {}, 1),
     ("check-needs-0.4.0", "CHECK", lambda rt, n: _conf(rt, cniVersion="0.3.1"), {}, 1),
-    ("gc-needs-1.1.0", "GC", lambda rt, n: _conf(rt, cniVersion="1.0.0", **{"cni.dev/valid-attachments": []}), {}, 1),
+    (
+        "gc-needs-1.1.0",
+        "GC",
+        lambda rt, n: _conf(rt, cniVersion="1.0.0", **{"cni.dev/valid-attachments": []}),
+        {},
+        1,
+    ),
     ("missing-name", "ADD", lambda rt, n: _conf(rt, name=None), {}, 7),
     ("missing-type", "ADD", lambda rt, n: _conf(rt, type=None), {}, 7),
     ("missing-ipam", "ADD", lambda rt, n: _conf(rt, ipam=None), {}, 7),
@@ -41,13 +47,28 @@ CASES = [
     ("bpffs-root-outside", "ADD", lambda rt, n: _conf(rt, bpffsRoot="/tmp/pins"), {}, 7),
     ("cidr-prefix-33", "ADD", lambda rt, n: _conf(rt, ipam=_ipam(n, {"subnet": "10.0.0.0/33"})), {}, 7),
     ("cidr-garbage", "ADD", lambda rt, n: _conf(rt, ipam=_ipam(n, {"subnet": "ten.0.0.0/8"})), {}, 7),
-    ("range-outside-subnet", "ADD",
-     lambda rt, n: _conf(rt, ipam=_ipam(n, {"subnet": str(n.cidr4), "rangeStart": "10.9.9.9"})), {}, 7),
-    ("mixed-families", "ADD",
-     lambda rt, n: _conf(rt, ipam=_ipam(n, {"subnet": str(n.cidr4)}, {"subnet": str(n.cidr6)})), {}, 7),
+    (
+        "range-outside-subnet",
+        "ADD",
+        lambda rt, n: _conf(rt, ipam=_ipam(n, {"subnet": str(n.cidr4), "rangeStart": "10.9.9.9"})),
+        {},
+        7,
+    ),
+    (
+        "mixed-families",
+        "ADD",
+        lambda rt, n: _conf(rt, ipam=_ipam(n, {"subnet": str(n.cidr4)}, {"subnet": str(n.cidr6)})),
+        {},
+        7,
+    ),
     ("ipam-plugin-missing", "ADD", lambda rt, n: _conf(rt, ipam={"type": "no-such-ipam"}), {}, 7),
-    ("bandwidth-egress", "ADD",
-     lambda rt, n: _conf(rt, runtimeConfig={"bandwidth": {"egressRate": 1000000, "egressBurst": 10000}}), {}, 2),
+    (
+        "bandwidth-egress",
+        "ADD",
+        lambda rt, n: _conf(rt, runtimeConfig={"bandwidth": {"egressRate": 1000000, "egressBurst": 10000}}),
+        {},
+        2,
+    ),
     ("missing-containerid", "ADD", lambda rt, n: _conf(rt), {"CNI_CONTAINERID": ""}, 4),
     ("bad-containerid", "ADD", lambda rt, n: _conf(rt), {"CNI_CONTAINERID": "-bad/id"}, 4),
     ("missing-netns-var", "ADD", lambda rt, n: _conf(rt), {"CNI_NETNS": ""}, 4),
@@ -55,9 +76,18 @@ CASES = [
     ("relative-netns", "ADD", lambda rt, n: _conf(rt), {"CNI_NETNS": "pod-ns"}, 4),
     ("ifname-too-long", "ADD", lambda rt, n: _conf(rt), {"CNI_IFNAME": "a-very-long-ifname0"}, 4),
     ("unknown-command", "ADD", lambda rt, n: _conf(rt), {"CNI_COMMAND": "FROB"}, 4),
-    ("exhausted-range", "ADD",
-     lambda rt, n: _conf(rt, ipam=_ipam(n, {"subnet": str(n.cidr4), "rangeStart": str(n.cidr4[1]),
-                                            "rangeEnd": str(n.cidr4[1])})), {}, 103),
+    (
+        "exhausted-range",
+        "ADD",
+        lambda rt, n: _conf(
+            rt,
+            ipam=_ipam(
+                n, {"subnet": str(n.cidr4), "rangeStart": str(n.cidr4[1]), "rangeEnd": str(n.cidr4[1])}
+            ),
+        ),
+        {},
+        103,
+    ),
     ("already-attached", "ADD", lambda rt, n: _conf(rt), {"CNI_CONTAINERID": "keeper"}, 105),
 ]
 
@@ -83,8 +113,7 @@ def test_malformed_input_table(cluster, node, runtime, keeper):
         ifname = extra.pop("CNI_IFNAME", "eth0")
         netns_path = extra.pop("CNI_NETNS", f"/var/run/netns/{pod_ns}")
         cmd = extra.pop("CNI_COMMAND", command)
-        inv = runtime.call(cmd, conf, container_id=cid, netns_path=netns_path, ifname=ifname,
-                           extra_env=extra)
+        inv = runtime.call(cmd, conf, container_id=cid, netns_path=netns_path, ifname=ifname, extra_env=extra)
         assert inv.rc == 1, (case_id, inv.rc, inv.stdout, inv.stderr)
         assert inv.out is not None, (case_id, "stdout is not a JSON error object", inv.stdout)
         assert inv.out["code"] == code, (case_id, inv.out)

@@ -1,4 +1,4 @@
-"""Issue 3, acceptance 1: the installed executable, invoked as a runtime does, for 20 pods:
+"""The installed executable, invoked as a runtime does, for 20 pods:
 ADD (first one loads the datapath), CHECK, traffic to every pod IP over the fast path, DEL leaves
 nothing behind, DEL twice succeeds."""
 
@@ -10,10 +10,10 @@ from scapy.layers.l2 import Ether
 from datapath.abi import Reason
 from datapath.endpoints import EndpointTable
 from datapath.stats import Stats
-from tests.harness.cni_runtime import Runtime
-from tests.harness.frames import is_udp_to, wire_to
+from sim.cni_runtime import Runtime
+from sim.frames import is_udp_to, wire_to
+from sim.packets import capture, forwarded, send_frames
 from tests.harness.nodestate import pod_links, snapshot
-from tests.harness.packets import capture, forwarded, send_frames
 
 pytestmark = pytest.mark.e2e
 PODS = 20

@@ -1,10 +1,10 @@
-"""Issue 3, acceptance 6: VERSION, STATUS and GC as spec 1.1.0 defines them."""
+"""VERSION, STATUS and GC as spec 1.1.0 defines them."""
 
 import pytest
 
 from datapath.pins import PinLayout
+from sim.packets import udp_exchange
 from tests.harness.nodestate import pod_links, snapshot
-from tests.harness.packets import udp_exchange
 
 pytestmark = pytest.mark.e2e
 ALL = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
@@ -24,15 +24,18 @@ def test_version_without_config_and_for_unknown_version(cluster, node, runtime):
 @pytest.mark.parametrize("version", ALL)
 def test_add_result_in_the_requested_version(cluster, node, runtime, version):
     ns = runtime.new_pod_netns("v")
-    inv = runtime.call("ADD", runtime.xdpcni_conf(cniVersion=version), container_id="ver", netns_path=f"/var/run/netns/{ns}")
+    inv = runtime.call(
+        "ADD", runtime.xdpcni_conf(cniVersion=version), container_id="ver", netns_path=f"/var/run/netns/{ns}"
+    )
     assert inv.ok, inv.stdout + inv.stderr
     res = inv.out
     assert res["cniVersion"] == version
     has_version_field = all("version" in ip for ip in res["ips"])
     assert has_version_field == (version < "1.0.0")  # 1.0.0 dropped ips[].version
     assert all(("mtu" in i) == (version == "1.1.0") for i in res["interfaces"])  # 1.1.0 added mtu
-    assert runtime.call("DEL", runtime.xdpcni_conf(cniVersion=version), container_id="ver",
-                        netns_path=f"/var/run/netns/{ns}").ok
+    assert runtime.call(
+        "DEL", runtime.xdpcni_conf(cniVersion=version), container_id="ver", netns_path=f"/var/run/netns/{ns}"
+    ).ok
 
 
 def test_status_ready_states(cluster, node, runtime):
@@ -48,8 +51,12 @@ def test_status_ready_states(cluster, node, runtime):
     assert runtime.add("st", ns).ok
     assert runtime.call("STATUS").ok
     # No address left in a range set: not available (50).
-    one = {"type": "xdpcni", "ranges": [[{"subnet": str(node.cidr4), "rangeStart": str(node.cidr4[1]),
-                                          "rangeEnd": str(node.cidr4[1])}]]}
+    one = {
+        "type": "xdpcni",
+        "ranges": [
+            [{"subnet": str(node.cidr4), "rangeStart": str(node.cidr4[1]), "rangeEnd": str(node.cidr4[1])}]
+        ],
+    }
     inv = runtime.call("STATUS", runtime.xdpcni_conf(ipam=one))
     assert inv.rc == 1 and inv.out["code"] == 50 and "no free address" in inv.out["msg"]
     # STATUS is a 1.1.0 verb.
@@ -63,8 +70,10 @@ def test_gc_removes_only_invalid_attachments(cluster, node, runtime):
         inv = runtime.add(name, ns)
         assert inv.ok, inv.stdout + inv.stderr
         pods[name] = runtime.pod_from_result(name, ns, inv.out)
-    inv = runtime.call("GC", runtime.xdpcni_conf(**{"cni.dev/valid-attachments": [
-        {"containerID": "keep", "ifname": "eth0"}]}))
+    inv = runtime.call(
+        "GC",
+        runtime.xdpcni_conf(**{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}),
+    )
     assert inv.ok and inv.stdout == "", inv.stdout + inv.stderr
     state = snapshot(node)
     assert len(pod_links(node)) == 1

@@ -1,4 +1,4 @@
-"""Issue 4, acceptance 2: the demo finishes, shows flat host forwarding counters next to growing
+"""The demo finishes, shows flat host forwarding counters next to growing
 pod counters, and leaves no namespace or pin behind."""
 
 import os

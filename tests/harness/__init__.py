@@ -1,1 +1,1 @@
-"""netns cluster harness: simulated nodes, pods and a wire, shared by tests, demo and benchmarks."""
+"""Test-only helpers (node snapshots for leak checks); the simulator itself lives in `sim/`."""

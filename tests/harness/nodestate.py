@@ -10,8 +10,7 @@ from pyroute2 import IPRoute
 
 from datapath.endpoints import EndpointTable
 from datapath.pins import PinLayout
-
-from .topology import Node
+from sim.topology import Node
 
 
 def snapshot(node: Node, network: str = "xdpcni-test") -> dict:

@@ -1,4 +1,4 @@
-"""Issue 2, acceptances 5 and 6: the ctypes mirror matches the loaded maps; unload and teardown
+"""The ctypes mirror matches the loaded maps; unload and teardown
 leave no pin, attachment or namespace behind."""
 
 import ctypes
@@ -11,7 +11,7 @@ from datapath import abi, attach
 from datapath.maps import PinnedMap
 from datapath.netns import entered
 from datapath.pins import MAPS, PROGRAMS, PinLayout
-from tests.harness.topology import Cluster
+from sim.topology import Cluster
 
 pytestmark = pytest.mark.kernel
 
@@ -38,7 +38,9 @@ def test_unload_removes_every_pin_and_attachment(mode):
         assert all(os.path.exists(layout.prog(p)) for p in PROGRAMS)
         with entered(node.ns), IPRoute() as ipr:
             nic = ipr.link_lookup(ifname=node.nic)[0]
-            attached = attach.xdp_prog_id(ipr, nic) if mode == "xdp" else attach.tc_ingress_prog_names(ipr, nic)
+            attached = (
+                attach.xdp_prog_id(ipr, nic) if mode == "xdp" else attach.tc_ingress_prog_names(ipr, nic)
+            )
             assert attached
             assert attach.tc_ingress_prog_names(ipr, pod.link.host_ifindex)
         node.unload()

@@ -1,4 +1,4 @@
-"""Differential test: the kernel's forwarding is the reference (DESIGN.md "Forwarding rules").
+"""Differential test: the kernel's forwarding is the reference (docs/design.md "Forwarding rules").
 
 Each packet is sent from the wire twice: with the NIC program attached (fast path) and with it
 detached (the node's kernel forwards: pods have host routes and permanent neighbours, forwarding
@@ -29,8 +29,8 @@ from datapath.abi import Reason
 from datapath.loader import open_program
 from datapath.netns import entered
 from datapath.stats import Stats
-from tests.harness.packets import capture, forwarded, send_frames
-from tests.harness.topology import WIRE_HOST_V4, WIRE_HOST_V6
+from sim.packets import capture, forwarded, send_frames
+from sim.topology import WIRE_HOST_V4, WIRE_HOST_V6
 
 pytestmark = pytest.mark.kernel
 
@@ -64,24 +64,47 @@ def _tcp():
 CASES = [
     ("v4-udp", 0, lambda c, n, p: bytes(_eth(c, n) / _v4(p) / _udp())),
     ("v4-tcp-syn", 1, lambda c, n, p: bytes(_eth(c, n) / _v4(p) / _tcp())),
-    ("v4-icmp-echo", 0,
-     lambda c, n, p: bytes(_eth(c, n) / _v4(p) / ICMP(type=8, id=9, seq=3) / Raw(PAYLOAD))),
+    (
+        "v4-icmp-echo",
+        0,
+        lambda c, n, p: bytes(_eth(c, n) / _v4(p) / ICMP(type=8, id=9, seq=3) / Raw(PAYLOAD)),
+    ),
     ("v6-udp", 1, lambda c, n, p: bytes(_eth(c, n) / _v6(p) / _udp())),
     ("v6-tcp-syn", 0, lambda c, n, p: bytes(_eth(c, n) / _v6(p) / _tcp())),
-    ("v6-icmp-echo", 1,
-     lambda c, n, p: bytes(_eth(c, n) / _v6(p) / ICMPv6EchoRequest(id=9, seq=3, data=PAYLOAD))),
+    (
+        "v6-icmp-echo",
+        1,
+        lambda c, n, p: bytes(_eth(c, n) / _v6(p) / ICMPv6EchoRequest(id=9, seq=3, data=PAYLOAD)),
+    ),
     # Ethernet padding: a 44-byte frame padded to the 60-byte minimum; the kernel trims it
-    ("v4-short-padded-to-60", 0,
-     lambda c, n, p: bytes(_eth(c, n) / _v4(p) / UDP(sport=1, dport=5678) / Raw(b"hi")).ljust(60, b"\0")),
+    (
+        "v4-short-padded-to-60",
+        0,
+        lambda c, n, p: bytes(_eth(c, n) / _v4(p) / UDP(sport=1, dport=5678) / Raw(b"hi")).ljust(60, b"\0"),
+    ),
     ("v6-trailing-bytes", 0, lambda c, n, p: bytes(_eth(c, n) / _v6(p) / _udp()) + b"\xa5" * 10),
-    ("v4-large-df-tos", 1,
-     lambda c, n, p: bytes(_eth(c, n) / _v4(p, flags="DF", tos=0x2E, id=4321) / UDP(sport=5, dport=5678)
-                           / Raw(bytes(range(256)) * 5))),
-    ("v6-large-tclass-flowlabel", 0,
-     lambda c, n, p: bytes(_eth(c, n) / _v6(p, tc=0x2E, fl=0x12345) / UDP(sport=5, dport=5678)
-                           / Raw(bytes(range(256)) * 5))),
-    ("v4-udp-checksum-0", 1,
-     lambda c, n, p: bytes(_eth(c, n) / _v4(p) / UDP(sport=6, dport=5678, chksum=0) / Raw(PAYLOAD))),
+    (
+        "v4-large-df-tos",
+        1,
+        lambda c, n, p: bytes(
+            _eth(c, n)
+            / _v4(p, flags="DF", tos=0x2E, id=4321)
+            / UDP(sport=5, dport=5678)
+            / Raw(bytes(range(256)) * 5)
+        ),
+    ),
+    (
+        "v6-large-tclass-flowlabel",
+        0,
+        lambda c, n, p: bytes(
+            _eth(c, n) / _v6(p, tc=0x2E, fl=0x12345) / UDP(sport=5, dport=5678) / Raw(bytes(range(256)) * 5)
+        ),
+    ),
+    (
+        "v4-udp-checksum-0",
+        1,
+        lambda c, n, p: bytes(_eth(c, n) / _v4(p) / UDP(sport=6, dport=5678, chksum=0) / Raw(PAYLOAD)),
+    ),
     ("v4-ttl-2", 0, lambda c, n, p: bytes(_eth(c, n) / _v4(p, ttl=2) / _udp())),
     ("v6-hlim-2", 1, lambda c, n, p: bytes(_eth(c, n) / _v6(p, hlim=2) / _udp())),
     ("v6-payload-length-0", 0, lambda c, n, p: bytes(_eth(c, n) / _v6(p, plen=0, nh=17) / _udp())),

@@ -1,4 +1,4 @@
-"""Issue 2, acceptance 1: wire -> pod over the fast path, in both modes and both families.
+"""Wire -> pod over the fast path, in both modes and both families.
 
 Proof of the bypass: the pod receives every frame with TTL/hop limit - 1, rewritten MACs and valid
 checksums; the node's kernel forwarded nothing (Ip ForwDatagrams / Ip6 OutForwDatagrams flat);
@@ -10,8 +10,8 @@ from scapy.layers.l2 import Ether
 
 from datapath.abi import Reason
 from datapath.stats import Stats
-from tests.harness.frames import checksums_valid, hop_limit, is_udp_to, wire_to
-from tests.harness.packets import capture, forwarded, send_frames
+from sim.frames import checksums_valid, hop_limit, is_udp_to, wire_to
+from sim.packets import capture, forwarded, send_frames
 
 pytestmark = pytest.mark.kernel
 N = 25

@@ -20,8 +20,8 @@ from __future__ import annotations
 import ipaddress
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 from pyroute2 import IPRoute
@@ -44,8 +44,8 @@ from datapath.maps import PinnedMap
 from datapath.netns import entered
 from datapath.pins import PinLayout
 from datapath.stats import NODE_EP_ID, Stats
-from tests.harness.packets import capture, forwarded, send_frames
-from tests.harness.topology import WIRE_HOST_V4, WIRE_HOST_V6
+from sim.packets import capture, forwarded, send_frames
+from sim.topology import WIRE_HOST_V4, WIRE_HOST_V6
 
 pytestmark = pytest.mark.kernel
 
@@ -70,9 +70,8 @@ class Env:
 
 
 def _write_sysctl(ns: str, key: str, value: str) -> None:
-    with entered(ns):
-        with open("/proc/sys/" + key.replace(".", "/"), "w") as fh:
-            fh.write(value)
+    with entered(ns), open("/proc/sys/" + key.replace(".", "/"), "w") as fh:
+        fh.write(value)
 
 
 def _permanent_neigh(ns: str, ifname: str, ip: str, mac: str) -> None:
@@ -201,18 +200,22 @@ CASES = [
     deliver("v4-icmp-echo", lambda e: _eth(e) / _v4(e, 0) / ICMP(type=8, id=7, seq=1) / Raw(PAYLOAD)),
     deliver("v6-udp", lambda e: udp6(e, 1), pod=1),
     deliver("v6-tcp", lambda e: _eth(e) / _v6(e, 0) / _tcp()),
-    deliver("v6-icmp-echo", lambda e: _eth(e) / _v6(e, 1) / ICMPv6EchoRequest(id=7, seq=1, data=PAYLOAD),
-            pod=1),
+    deliver(
+        "v6-icmp-echo", lambda e: _eth(e) / _v6(e, 1) / ICMPv6EchoRequest(id=7, seq=1, data=PAYLOAD), pod=1
+    ),
     deliver("v4-df-tos-ecn", lambda e: udp4(e, 0, flags="DF", tos=0xB9, id=0x1234)),
-    deliver("v4-udp-csum-0",
-            lambda e: _eth(e) / _v4(e, 0) / UDP(sport=9, dport=5678, chksum=0) / Raw(PAYLOAD)),
+    deliver(
+        "v4-udp-csum-0", lambda e: _eth(e) / _v4(e, 0) / UDP(sport=9, dport=5678, chksum=0) / Raw(PAYLOAD)
+    ),
     deliver("v6-tclass-flowlabel", lambda e: udp6(e, 0, tc=0xB9, fl=0xABCDE)),
     deliver("v4-ttl-2", lambda e: udp4(e, 0, ttl=2)),
     deliver("v6-hlim-2", lambda e: udp6(e, 0, hlim=2)),
     deliver("v4-ttl-255", lambda e: udp4(e, 0, ttl=255)),
     # Ethernet padding: delivered trimmed to the IP length (bpf_xdp_adjust_tail / bpf_skb_change_tail)
-    deliver("v4-short-padded-to-60",
-            lambda e: _padded(_eth(e) / _v4(e, 0) / UDP(sport=1, dport=5678) / Raw(b"hi"), 60)),
+    deliver(
+        "v4-short-padded-to-60",
+        lambda e: _padded(_eth(e) / _v4(e, 0) / UDP(sport=1, dport=5678) / Raw(b"hi"), 60),
+    ),
     deliver("v6-trailing-bytes", lambda e: bytes(udp6(e, 0)) + b"\x00" * 8),
     deliver("v4-long-trailer", lambda e: bytes(udp4(e, 0)) + b"\xee" * 100),
     # payload length 0 without hop-by-hop: the kernel trims to the bare header and forwards it
@@ -220,37 +223,72 @@ CASES = [
     # ---- VLAN: never the fast path unless the node config names the VLAN
     passed("vlan-100-v4", lambda e: _eth(e) / Dot1Q(vlan=100) / _v4(e, 0) / _udp(), Reason.PASS_VLAN),
     passed("vlan-100-v6", lambda e: _eth(e) / Dot1Q(vlan=100) / _v6(e, 0) / _udp(), Reason.PASS_VLAN),
-    passed("vlan-0-priority-tag", lambda e: _eth(e) / Dot1Q(vlan=0, prio=5) / _v4(e, 0) / _udp(),
-           Reason.PASS_VLAN),
-    passed("qinq-8021ad", lambda e: _eth(e) / Dot1AD(vlan=100) / Dot1Q(vlan=200) / _v4(e, 0) / _udp(),
-           Reason.PASS_VLAN),
-    deliver("vlan-named-in-config-v4", lambda e: _eth(e) / Dot1Q(vlan=100) / _v4(e, 0) / _udp(),
-            node_vlan=100),
-    deliver("vlan-named-in-config-v6", lambda e: _eth(e) / Dot1Q(vlan=100) / _v6(e, 1) / _udp(),
-            pod=1, node_vlan=100),
-    passed("vlan-other-than-config", lambda e: _eth(e) / Dot1Q(vlan=101) / _v4(e, 0) / _udp(),
-           Reason.PASS_VLAN, node_vlan=100),
-    passed("vlan-0-with-vlan-in-config", lambda e: _eth(e) / Dot1Q(vlan=0) / _v4(e, 0) / _udp(),
-           Reason.PASS_VLAN, node_vlan=100),
+    passed(
+        "vlan-0-priority-tag",
+        lambda e: _eth(e) / Dot1Q(vlan=0, prio=5) / _v4(e, 0) / _udp(),
+        Reason.PASS_VLAN,
+    ),
+    passed(
+        "qinq-8021ad",
+        lambda e: _eth(e) / Dot1AD(vlan=100) / Dot1Q(vlan=200) / _v4(e, 0) / _udp(),
+        Reason.PASS_VLAN,
+    ),
+    deliver(
+        "vlan-named-in-config-v4", lambda e: _eth(e) / Dot1Q(vlan=100) / _v4(e, 0) / _udp(), node_vlan=100
+    ),
+    deliver(
+        "vlan-named-in-config-v6",
+        lambda e: _eth(e) / Dot1Q(vlan=100) / _v6(e, 1) / _udp(),
+        pod=1,
+        node_vlan=100,
+    ),
+    passed(
+        "vlan-other-than-config",
+        lambda e: _eth(e) / Dot1Q(vlan=101) / _v4(e, 0) / _udp(),
+        Reason.PASS_VLAN,
+        node_vlan=100,
+    ),
+    passed(
+        "vlan-0-with-vlan-in-config",
+        lambda e: _eth(e) / Dot1Q(vlan=0) / _v4(e, 0) / _udp(),
+        Reason.PASS_VLAN,
+        node_vlan=100,
+    ),
     # ---- TTL / hop limit
     passed("v4-ttl-1", lambda e: udp4(e, 0, ttl=1), Reason.PASS_TTL),
     passed("v4-ttl-0", lambda e: udp4(e, 0, ttl=0), Reason.PASS_TTL),
     passed("v6-hlim-1", lambda e: udp6(e, 0, hlim=1), Reason.PASS_TTL),
     passed("v6-hlim-0", lambda e: udp6(e, 0, hlim=0), Reason.PASS_TTL),
     # ---- IPv4 options, fragments; IPv6 extension headers
-    passed("v4-options-record-route",
-           lambda e: udp4(e, 0, options=[IPOption_RR(routers=["0.0.0.0"] * 4)]), Reason.PASS_IP_OPTIONS),
+    passed(
+        "v4-options-record-route",
+        lambda e: udp4(e, 0, options=[IPOption_RR(routers=["0.0.0.0"] * 4)]),
+        Reason.PASS_IP_OPTIONS,
+    ),
     passed("v4-frag-mf", lambda e: udp4(e, 0, flags="MF", id=77), Reason.PASS_FRAGMENT),
-    passed("v4-frag-offset", lambda e: _eth(e) / _v4(e, 0, frag=8, id=77, proto=17) / Raw(PAYLOAD),
-           Reason.PASS_FRAGMENT),
-    passed("v6-fragment-header", lambda e: _eth(e) / _v6(e, 0) / IPv6ExtHdrFragment(id=77, m=1) / _udp(),
-           Reason.PASS_EXT_HEADER),
-    passed("v6-hop-by-hop", lambda e: _eth(e) / _v6(e, 0) / IPv6ExtHdrHopByHop() / _udp(),
-           Reason.PASS_EXT_HEADER),
-    passed("v6-routing-header", lambda e: _eth(e) / _v6(e, 0) / IPv6ExtHdrRouting(addresses=[]) / _udp(),
-           Reason.PASS_EXT_HEADER),
-    passed("v6-dest-options", lambda e: _eth(e) / _v6(e, 0) / IPv6ExtHdrDestOpt() / _udp(),
-           Reason.PASS_EXT_HEADER),
+    passed(
+        "v4-frag-offset",
+        lambda e: _eth(e) / _v4(e, 0, frag=8, id=77, proto=17) / Raw(PAYLOAD),
+        Reason.PASS_FRAGMENT,
+    ),
+    passed(
+        "v6-fragment-header",
+        lambda e: _eth(e) / _v6(e, 0) / IPv6ExtHdrFragment(id=77, m=1) / _udp(),
+        Reason.PASS_EXT_HEADER,
+    ),
+    passed(
+        "v6-hop-by-hop", lambda e: _eth(e) / _v6(e, 0) / IPv6ExtHdrHopByHop() / _udp(), Reason.PASS_EXT_HEADER
+    ),
+    passed(
+        "v6-routing-header",
+        lambda e: _eth(e) / _v6(e, 0) / IPv6ExtHdrRouting(addresses=[]) / _udp(),
+        Reason.PASS_EXT_HEADER,
+    ),
+    passed(
+        "v6-dest-options",
+        lambda e: _eth(e) / _v6(e, 0) / IPv6ExtHdrDestOpt() / _udp(),
+        Reason.PASS_EXT_HEADER,
+    ),
     # ---- malformed headers
     passed("v4-cut-inside-ip-header", lambda e: _truncated(udp4(e, 0), 12), Reason.PASS_BAD_HEADER),
     passed("v6-cut-inside-ipv6-header", lambda e: _truncated(udp6(e, 0), 20), Reason.PASS_BAD_HEADER),
@@ -259,24 +297,37 @@ CASES = [
     passed("v6-payload-length-beyond-frame", lambda e: udp6(e, 0, plen=400), Reason.PASS_BAD_HEADER),
     passed("v4-ihl-4", lambda e: udp4(e, 0, ihl=4), Reason.PASS_BAD_HEADER),
     passed("v4-bad-header-checksum", lambda e: udp4(e, 0, chksum=0x1234), Reason.PASS_BAD_HEADER),
-    passed("v4-ethertype-carrying-version-6",
-           lambda e: Ether(src=e.wire_mac, dst=e.node.nic_mac, type=ETH_P_IP) / _v6(e, 0) / _udp(),
-           Reason.PASS_BAD_HEADER),
-    passed("v6-ethertype-carrying-version-4",
-           lambda e: Ether(src=e.wire_mac, dst=e.node.nic_mac, type=ETH_P_IPV6) / _v4(e, 0) / _udp(),
-           Reason.PASS_BAD_HEADER),
+    passed(
+        "v4-ethertype-carrying-version-6",
+        lambda e: Ether(src=e.wire_mac, dst=e.node.nic_mac, type=ETH_P_IP) / _v6(e, 0) / _udp(),
+        Reason.PASS_BAD_HEADER,
+    ),
+    passed(
+        "v6-ethertype-carrying-version-4",
+        lambda e: Ether(src=e.wire_mac, dst=e.node.nic_mac, type=ETH_P_IPV6) / _v4(e, 0) / _udp(),
+        Reason.PASS_BAD_HEADER,
+    ),
     # ---- not IP
-    passed("arp-unicast-to-nic", lambda e: _eth(e) / ARP(op=1, hwsrc=e.wire_mac, psrc=WIRE_HOST_V4,
-                                                         pdst=e.node.nic_ip4), Reason.PASS_NOT_IP),
-    passed("ethertype-0x88b5",
-           lambda e: Ether(src=e.wire_mac, dst=e.node.nic_mac, type=0x88B5) / Raw(PAYLOAD),
-           Reason.PASS_NOT_IP),
+    passed(
+        "arp-unicast-to-nic",
+        lambda e: _eth(e) / ARP(op=1, hwsrc=e.wire_mac, psrc=WIRE_HOST_V4, pdst=e.node.nic_ip4),
+        Reason.PASS_NOT_IP,
+    ),
+    passed(
+        "ethertype-0x88b5",
+        lambda e: Ether(src=e.wire_mac, dst=e.node.nic_mac, type=0x88B5) / Raw(PAYLOAD),
+        Reason.PASS_NOT_IP,
+    ),
     # ---- L2 destination other than the NIC (checked before anything else)
     passed("broadcast-mac-v4", lambda e: udp4(e, 0, eth_dst=BCAST), Reason.PASS_L2_DEST),
-    passed("arp-broadcast", lambda e: Ether(src=e.wire_mac, dst=BCAST) / ARP(op=1, hwsrc=e.wire_mac,
-                                                                            psrc=WIRE_HOST_V4,
-                                                                            pdst=e.node.nic_ip4),
-           Reason.PASS_L2_DEST),
+    passed(
+        "arp-broadcast",
+        lambda e: (
+            Ether(src=e.wire_mac, dst=BCAST)
+            / ARP(op=1, hwsrc=e.wire_mac, psrc=WIRE_HOST_V4, pdst=e.node.nic_ip4)
+        ),
+        Reason.PASS_L2_DEST,
+    ),
     passed("multicast-mac-v4", lambda e: udp4(e, 0, eth_dst="01:00:5e:00:00:01"), Reason.PASS_L2_DEST),
     passed("multicast-mac-v6", lambda e: udp6(e, 0, eth_dst="33:33:00:00:00:01"), Reason.PASS_L2_DEST),
     passed("foreign-mac-v4", lambda e: udp4(e, 0, eth_dst="02:00:00:0a:0b:0c"), Reason.PASS_L2_DEST),
@@ -299,9 +350,18 @@ CASES = [
 def test_table_covers_every_nic_pass_reason():
     """Every PASS reason the NIC programs give for a frame's content appears in the table (not
     PASS_PADDING: only when the trim helper fails; PASS_FIB: pod egress only)."""
-    nic_reasons = {Reason.PASS_NOT_IP, Reason.PASS_L2_DEST, Reason.PASS_VLAN, Reason.PASS_BAD_HEADER,
-                   Reason.PASS_IP_OPTIONS, Reason.PASS_FRAGMENT, Reason.PASS_EXT_HEADER, Reason.PASS_MARTIAN,
-                   Reason.PASS_TTL, Reason.PASS_NO_ENDPOINT}
+    nic_reasons = {
+        Reason.PASS_NOT_IP,
+        Reason.PASS_L2_DEST,
+        Reason.PASS_VLAN,
+        Reason.PASS_BAD_HEADER,
+        Reason.PASS_IP_OPTIONS,
+        Reason.PASS_FRAGMENT,
+        Reason.PASS_EXT_HEADER,
+        Reason.PASS_MARTIAN,
+        Reason.PASS_TTL,
+        Reason.PASS_NO_ENDPOINT,
+    }
     assert nic_reasons <= {c.reason for c in CASES}
     assert len({c.id for c in CASES}) == len(CASES)
 
@@ -315,7 +375,7 @@ def _frame_bytes(frame) -> bytes:
 
 def _l3off(raw: bytes) -> int:
     off = 14
-    while struct.unpack("!H", raw[off - 2:off])[0] in VLAN_TPIDS:
+    while struct.unpack("!H", raw[off - 2 : off])[0] in VLAN_TPIDS:
         off += 4
     return off
 
@@ -327,7 +387,7 @@ def _mac(s: str) -> bytes:
 def _expected_delivery(raw: bytes, pod) -> tuple[bytes, int]:
     """(frame the pod must receive, with the IPv4 header checksum zeroed; IP family)."""
     off = _l3off(raw)
-    ethertype = raw[off - 2:off]
+    ethertype = raw[off - 2 : off]
     ip = bytearray(raw[off:])
     if ip[0] >> 4 == 4:
         ip = ip[: struct.unpack("!H", ip[2:4])[0]]
@@ -374,18 +434,23 @@ def checksums_valid(raw: bytes) -> list[str]:
 
 def _from_wire(raw: bytes) -> bool:
     off = _l3off(raw)
-    et = struct.unpack("!H", raw[off - 2:off])[0]
+    et = struct.unpack("!H", raw[off - 2 : off])[0]
     if et == ETH_P_IP and len(raw) >= off + 20:
-        return raw[off + 12:off + 16] == bytes(map(int, WIRE_HOST_V4.split(".")))
+        return raw[off + 12 : off + 16] == bytes(map(int, WIRE_HOST_V4.split(".")))
     if et == ETH_P_IPV6 and len(raw) >= off + 40:
-        return raw[off + 8:off + 24] == ipaddress.IPv6Address(WIRE_HOST_V6).packed
+        return raw[off + 8 : off + 24] == ipaddress.IPv6Address(WIRE_HOST_V6).packed
     return False
 
 
 def _fast_counts(e: Env) -> dict[int, tuple[int, int]]:
     with Stats(e.node.pin_root) as st:
-        return {p.ep.ep_id: (st.packets(p.ep.ep_id, Reason.FWD_NIC_TO_POD),
-                             st.packets(p.ep.ep_id, Reason.DROP_REDIRECT)) for p in e.pods}
+        return {
+            p.ep.ep_id: (
+                st.packets(p.ep.ep_id, Reason.FWD_NIC_TO_POD),
+                st.packets(p.ep.ep_id, Reason.DROP_REDIRECT),
+            )
+            for p in e.pods
+        }
 
 
 def _row_delta(before: dict, after: dict) -> dict[Reason, tuple[int, int]]:
@@ -445,10 +510,11 @@ def test_frame_outcome(env, case):
             for f in got:
                 cmp = bytearray(f)
                 if fam == 4:
-                    assert _ipv4_header_sum_ok(f[14:14 + (f[14] & 0xF) * 4]), "bad IPv4 header checksum"
+                    assert _ipv4_header_sum_ok(f[14 : 14 + (f[14] & 0xF) * 4]), "bad IPv4 header checksum"
                     cmp[24:26] = b"\0\0"
                 assert bytes(cmp) == want, (
-                    f"delivered frame differs\n got  {bytes(cmp).hex()}\n want {want.hex()}")
+                    f"delivered frame differs\n got  {bytes(cmp).hex()}\n want {want.hex()}"
+                )
                 assert checksums_valid(f) == []
             time.sleep(0.05)
             fast1 = _fast_counts(e)
@@ -481,9 +547,12 @@ def stale_endpoint(env):
     node = env.node
     ip = str(node.cidr4[STALE_IP4])
     key = abi.EndpointKey.for_ip(ip)
-    info = abi.EndpointInfo(ifindex=STALE_IFINDEX, ep_id=STALE_EP_ID,
-                            pod_mac=abi.mac_to_bytes("02:00:00:00:00:fa"),
-                            host_mac=abi.mac_to_bytes("02:00:00:00:00:fb"))
+    info = abi.EndpointInfo(
+        ifindex=STALE_IFINDEX,
+        ep_id=STALE_EP_ID,
+        pod_mac=abi.mac_to_bytes("02:00:00:00:00:fa"),
+        host_mac=abi.mac_to_bytes("02:00:00:00:00:fb"),
+    )
     with PinnedMap(PinLayout(node.pin_root), "endpoints") as m:
         m.put(key, info)
     try:

@@ -1,4 +1,4 @@
-"""Issue 2, acceptance 3: pod egress skips the host stack (to the wire and to a local pod), and
+"""Pod egress skips the host stack (to the wire and to a local pod), and
 spoofed sources are dropped with their reason counted."""
 
 import pytest
@@ -8,8 +8,8 @@ from scapy.packet import Raw
 
 from datapath.abi import Reason
 from datapath.stats import Stats
-from tests.harness.packets import capture, forwarded, send_frames, udp_exchange
-from tests.harness.topology import WIRE_HOST_V4, WIRE_HOST_V6
+from sim.packets import capture, forwarded, send_frames, udp_exchange
+from sim.topology import WIRE_HOST_V4, WIRE_HOST_V6
 
 pytestmark = pytest.mark.kernel
 N = 20
@@ -54,8 +54,12 @@ def test_spoofed_sources_are_dropped_and_counted(node_env, spoof, reason):
     a, b = node.pods[:2]
     src_ip = {"ip": "198.19.0.77", "mac": a.ip4, "other-pod-ip": b.ip4}[spoof]
     src_mac = "02:00:00:00:00:99" if spoof == "mac" else a.link.pod_mac
-    frame = (Ether(src=src_mac, dst=a.link.host_mac) / IP(src=src_ip, dst=WIRE_HOST_V4, ttl=64)
-             / UDP(sport=9, dport=40003) / Raw(b"spoof"))
+    frame = (
+        Ether(src=src_mac, dst=a.link.host_mac)
+        / IP(src=src_ip, dst=WIRE_HOST_V4, ttl=64)
+        / UDP(sport=9, dport=40003)
+        / Raw(b"spoof")
+    )
     before = _count(node, a, reason)
     with capture(c.wire, "br0") as cap:
         send_frames(a.ns, "eth0", [frame], count=5)

@@ -1,4 +1,4 @@
-"""Issue 2, acceptance 4: the datapath needs no process. Kill the loader: traffic flows. Load again
+"""The datapath needs no process. Kill the loader: traffic flows. Load again
 (upgrade) under traffic: endpoints stay and no packet is lost (counted in the pod's kernel)."""
 
 import os
@@ -11,9 +11,9 @@ import pytest
 
 from datapath.endpoints import EndpointTable
 from datapath.loader import NodeState
-from tests.harness.frames import wire_to
-from tests.harness.packets import packet_socket, send_frames, snmp
-from tests.harness.topology import VENV_BIN
+from sim.frames import wire_to
+from sim.packets import packet_socket, send_frames, snmp
+from sim.topology import VENV_BIN
 
 pytestmark = pytest.mark.kernel
 
@@ -35,9 +35,22 @@ def test_killing_the_loader_does_not_stop_traffic(node_env, mode):
     c = node_env
     node = c.nodes[0]
     proc = subprocess.Popen(
-        ["nsenter", f"--net=/var/run/netns/{node.ns}", os.path.join(VENV_BIN, "xdpcnictl"), "--root",
-         node.pin_root, "load", "--nic", node.nic, "--mode", mode, "--wait"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            "nsenter",
+            f"--net=/var/run/netns/{node.ns}",
+            os.path.join(VENV_BIN, "xdpcnictl"),
+            "--root",
+            node.pin_root,
+            "load",
+            "--nic",
+            node.nic,
+            "--mode",
+            mode,
+            "--wait",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         lines = []

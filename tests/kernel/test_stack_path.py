@@ -1,4 +1,4 @@
-"""Issue 2, acceptance 2: what is not the fast path's still works through the normal stack:
+"""What is not the fast path's still works through the normal stack:
 ARP/ND and ping to the node itself, ICMP time exceeded for TTL 1, unknown destinations."""
 
 import os
@@ -11,9 +11,9 @@ from scapy.layers.l2 import ARP, Ether
 from datapath.abi import Reason
 from datapath.endpoints import EndpointTable
 from datapath.stats import NODE_EP_ID, Stats
-from tests.harness.frames import hop_limit, is_udp_to, l3, wire_to
-from tests.harness.packets import capture, forwarded, send_frames
-from tests.harness.topology import WIRE_HOST_V4, WIRE_HOST_V6
+from sim.frames import hop_limit, is_udp_to, l3, wire_to
+from sim.packets import capture, forwarded, send_frames
+from sim.topology import WIRE_HOST_V4, WIRE_HOST_V6
 
 pytestmark = pytest.mark.kernel
 
@@ -26,8 +26,9 @@ def _node_counter(node, reason):
 def test_arp_for_the_node_is_answered(node_env):
     c = node_env
     node = c.nodes[0]
-    req = Ether(src=c.wire_mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=c.wire_mac, psrc=WIRE_HOST_V4,
-                                                                pdst=node.nic_ip4)
+    req = Ether(src=c.wire_mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
+        op=1, hwsrc=c.wire_mac, psrc=WIRE_HOST_V4, pdst=node.nic_ip4
+    )
     with capture(c.wire, "br0") as cap:
         send_frames(c.wire, "br0", [req])
         replies = [f for f in map(Ether, cap.read(1.0)) if ARP in f and f[ARP].op == 2]

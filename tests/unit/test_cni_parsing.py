@@ -8,8 +8,13 @@ from cni.errors import CniError
 from cni.ipam.ranges import parse_range_sets
 from cni.result import Interface, IPConfig, Result, Route
 
-BASE = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc", "CNI_NETNS": "/var/run/netns/x",
-        "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
+BASE = {
+    "CNI_COMMAND": "ADD",
+    "CNI_CONTAINERID": "abc",
+    "CNI_NETNS": "/var/run/netns/x",
+    "CNI_IFNAME": "eth0",
+    "CNI_PATH": "/opt/cni/bin",
+}
 
 
 def code_of(fn, *a):
@@ -43,8 +48,15 @@ def test_ranges_and_round_robin():
     (rs,) = parse_range_sets([[{"subnet": "10.1.0.0/29", "gateway": "10.1.0.1"}]])
     assert [str(ip) for ip in rs.candidates(None)] == [f"10.1.0.{i}" for i in range(2, 7)]
     import ipaddress
+
     after = ipaddress.ip_address("10.1.0.5")
-    assert [str(ip) for ip in rs.candidates(after)] == ["10.1.0.6", "10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5"]
+    assert [str(ip) for ip in rs.candidates(after)] == [
+        "10.1.0.6",
+        "10.1.0.2",
+        "10.1.0.3",
+        "10.1.0.4",
+        "10.1.0.5",
+    ]
     assert rs.size == 5
     assert code_of(parse_range_sets, [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.0.0.128/25"}]]) == 7
     assert code_of(parse_range_sets, [[{"subnet": "10.0.0.0/31"}]]) == 7
@@ -52,8 +64,12 @@ def test_ranges_and_round_robin():
 
 
 def test_netconf_validation():
-    good = {"cniVersion": "1.1.0", "name": "n", "type": "xdpcni",
-            "ipam": {"type": "xdpcni", "ranges": [[{"subnet": "10.0.0.0/24"}]]}}
+    good = {
+        "cniVersion": "1.1.0",
+        "name": "n",
+        "type": "xdpcni",
+        "ipam": {"type": "xdpcni", "ranges": [[{"subnet": "10.0.0.0/24"}]]},
+    }
     conf = netconf.parse(good, "ADD")
     assert conf.ipam.builtin and conf.data_dir == netconf.DEFAULT_DATA_DIR
     assert code_of(netconf.parse, {**good, "name": "bad name"}, "ADD") == 7
@@ -63,11 +79,16 @@ def test_netconf_validation():
     assert netconf.parse({k: v for k, v in good.items() if k != "ipam"}, "DEL").ipam is None
 
 
-@pytest.mark.parametrize("v,ip_version_field,mtu_field", [("0.3.1", True, False), ("0.4.0", True, False),
-                                                          ("1.0.0", False, False), ("1.1.0", False, True)])
+@pytest.mark.parametrize(
+    "v,ip_version_field,mtu_field",
+    [("0.3.1", True, False), ("0.4.0", True, False), ("1.0.0", False, False), ("1.1.0", False, True)],
+)
 def test_result_formats(v, ip_version_field, mtu_field):
-    res = Result([Interface("eth0", "aa:bb:cc:dd:ee:ff", "/var/run/netns/x", mtu=1500)],
-                 [IPConfig("10.0.0.2/32", "169.254.1.1", 0)], [Route("0.0.0.0/0", "169.254.1.1")])
+    res = Result(
+        [Interface("eth0", "aa:bb:cc:dd:ee:ff", "/var/run/netns/x", mtu=1500)],
+        [IPConfig("10.0.0.2/32", "169.254.1.1", 0)],
+        [Route("0.0.0.0/0", "169.254.1.1")],
+    )
     out = res.to_json(v)
     assert out["cniVersion"] == v
     assert ("version" in out["ips"][0]) == ip_version_field

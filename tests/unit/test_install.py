@@ -14,13 +14,23 @@ def test_install_and_uninstall_into_destdir(tmp_path):
     assert out.returncode == 0, out.stderr
     plugin = tmp_path / "opt/cni/bin/xdpcni"
     assert os.access(plugin, os.X_OK)
-    assert json.loads((tmp_path / "etc/cni/net.d/10-xdpcni.conflist").read_text())["plugins"][0]["type"] == "xdpcni"
-    res = subprocess.run([str(plugin)], input=b'{"cniVersion":"1.0.0"}', capture_output=True,
-                         env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"})
+    assert (
+        json.loads((tmp_path / "etc/cni/net.d/10-xdpcni.conflist").read_text())["plugins"][0]["type"]
+        == "xdpcni"
+    )
+    res = subprocess.run(
+        [str(plugin)],
+        input=b'{"cniVersion":"1.0.0"}',
+        capture_output=True,
+        env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"},
+    )
     assert res.returncode == 0 and json.loads(res.stdout)["cniVersion"] == "1.0.0"
-    help_out = subprocess.run([str(tmp_path / "opt/cni/bin/xdpcnictl"), "--help"], capture_output=True, text=True)
+    help_out = subprocess.run(
+        [str(tmp_path / "opt/cni/bin/xdpcnictl"), "--help"], capture_output=True, text=True
+    )
     assert help_out.returncode == 0 and "load" in help_out.stdout
-    out = subprocess.run(["bash", "scripts/install.sh", "--uninstall"], cwd=ROOT, env=env, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        ["bash", "scripts/install.sh", "--uninstall"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert out.returncode == 0 and not plugin.exists()
     assert (tmp_path / "etc/xdpcni/xdpcni.yaml.bak").exists()

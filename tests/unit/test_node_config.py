@@ -25,11 +25,18 @@ def test_shipped_conflist_parses():
     assert conf.ipam.builtin and len(conf.ipam.range_sets) == 2
 
 
-@pytest.mark.parametrize("data,needle", [
-    ({}, "nic"), ({"nic": "eth0", "mode": "fast"}, "mode"), ({"nic": "eth0", "vlan": 5000}, "vlan"),
-    ({"nic": "eth0", "bpffs_root": "/tmp/x"}, "bpffs_root"), ({"nic": "eth0", "mtu": 9000}, "mtu"),
-    ({"nic": "eth0", "pod_cidrs": ["10.0.0.0/33"]}, "pod_cidrs"), ({"nic": "eth0", "typo": 1}, "unknown"),
-])
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        ({}, "nic"),
+        ({"nic": "eth0", "mode": "fast"}, "mode"),
+        ({"nic": "eth0", "vlan": 5000}, "vlan"),
+        ({"nic": "eth0", "bpffs_root": "/tmp/x"}, "bpffs_root"),
+        ({"nic": "eth0", "mtu": 9000}, "mtu"),
+        ({"nic": "eth0", "pod_cidrs": ["10.0.0.0/33"]}, "pod_cidrs"),
+        ({"nic": "eth0", "typo": 1}, "unknown"),
+    ],
+)
 def test_bad_node_config(data, needle):
     with pytest.raises(ConfigError, match=needle):
         NodeConfig.from_dict(data)

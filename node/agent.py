@@ -20,8 +20,8 @@ import socket
 import sys
 import time
 
-from . import client
-from .main import execute
+from cni import client
+from cni.main import execute
 
 
 def _serve_one(conn: socket.socket, own_netns: int, log) -> None:
@@ -39,8 +39,10 @@ def _serve_one(conn: socket.socket, own_netns: int, log) -> None:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         rc, stdout = execute(env, req.get("stdin", "").encode(errors="surrogateescape"))
-    log(f"{env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} rc={rc} "
-        f"{(time.monotonic() - t0) * 1000:.1f}ms")
+    log(
+        f"{env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} rc={rc} "
+        f"{(time.monotonic() - t0) * 1000:.1f}ms"
+    )
     try:
         client.send_msg(conn, {"rc": rc, "stdout": stdout, "stderr": err.getvalue()})
     except OSError as exc:
@@ -61,7 +63,10 @@ def serve(path: str = client.DEFAULT_SOCKET, log=None) -> int:
         finally:
             probe.close()
     # Warm up: everything a verb imports, before the first request arrives.
-    import cni.commands.add, cni.commands.check, cni.commands.delete, cni.commands.gc  # noqa: F401,E401
+    import cni.commands.add  # noqa: F401,E401
+    import cni.commands.check
+    import cni.commands.delete
+    import cni.commands.gc
     import cni.commands.status  # noqa: F401
 
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

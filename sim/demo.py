@@ -96,8 +96,10 @@ def run_demo(mode: str = "tc", per_flow: int = PER_FLOW) -> int:
             print(f"  {label:40} {got:>6}/{per_flow}", flush=True)
         fwd_after = {n.ns: forwarded(n.ns) for n in cluster.nodes}
 
-        print(f"\n  {'node':6} {'endpoint':10} {'ip':16} {'nic->pod':>9} {'pod->pod':>9} {'pod->nic':>9}"
-              f" {'to stack':>9} {'dropped':>8}")
+        print(
+            f"\n  {'node':6} {'endpoint':10} {'ip':16} {'nic->pod':>9} {'pod->pod':>9} {'pod->nic':>9}"
+            f" {'to stack':>9} {'dropped':>8}"
+        )
         for node in cluster.nodes:
             with EndpointTable(node.pin_root) as table, Stats(node.pin_root) as st:
                 for ep in table.list():
@@ -105,16 +107,24 @@ def run_demo(mode: str = "tc", per_flow: int = PER_FLOW) -> int:
                     n = {r: c[r].packets if r in c else 0 for r in Reason}
                     passed = sum(v for r, v in n.items() if r.verdict == "pass")
                     dropped = sum(v for r, v in n.items() if r.verdict == "drop")
-                    print(f"  n{node.index:<5} {ep.ep_id:<10} {ep.ips[0]:16} {n[Reason.FWD_NIC_TO_POD]:>9}"
-                          f" {n[Reason.FWD_POD_TO_POD]:>9} {n[Reason.FWD_POD_TO_NIC]:>9} {passed:>9}"
-                          f" {dropped:>8}")
+                    print(
+                        f"  n{node.index:<5} {ep.ep_id:<10} {ep.ips[0]:16} {n[Reason.FWD_NIC_TO_POD]:>9}"
+                        f" {n[Reason.FWD_POD_TO_POD]:>9} {n[Reason.FWD_POD_TO_NIC]:>9} {passed:>9}"
+                        f" {dropped:>8}"
+                    )
         print(f"\n  {'node':6} {'kernel-forwarded before':>24} {'after':>8} {'delta':>7}")
         for node in cluster.nodes:
             b, a = fwd_before[node.ns], fwd_after[node.ns]
             print(f"  n{node.index:<5} {b:>24} {a:>8} {a - b:>7}")
         flat = all(fwd_after[k] == fwd_before[k] for k in fwd_before)
-        print("\n  " + ("host forwarding counters stayed flat: every packet took the eBPF fast path"
-                        if flat else "host forwarding counters moved: some traffic took the kernel path"))
+        print(
+            "\n  "
+            + (
+                "host forwarding counters stayed flat: every packet took the eBPF fast path"
+                if flat
+                else "host forwarding counters moved: some traffic took the kernel path"
+            )
+        )
 
         # Control: the same wire -> pod traffic with node n1's fast path unloaded.
         node = cluster.nodes[1]
@@ -123,8 +133,11 @@ def run_demo(mode: str = "tc", per_flow: int = PER_FLOW) -> int:
         before = forwarded(node.ns)
         got = udp_exchange(cluster.wire, target.ns, target.ip4, n=per_flow)
         delta = forwarded(node.ns) - before
-        _say(f"control: n1 datapath unloaded, wire -> {target.name}: {got}/{per_flow} delivered, "
-             f"host forwarded +{delta} (the kernel path, counted)", t0)
+        _say(
+            f"control: n1 datapath unloaded, wire -> {target.name}: {got}/{per_flow} delivered, "
+            f"host forwarded +{delta} (the kernel path, counted)",
+            t0,
+        )
 
         _say("CNI DEL for every pod", t0)
         for node in cluster.nodes:
@@ -139,8 +152,11 @@ def run_demo(mode: str = "tc", per_flow: int = PER_FLOW) -> int:
     finally:
         prefix = cluster.prefix
         cluster.teardown()
-        left_ns = [n for n in os.listdir("/var/run/netns") if n.startswith(prefix)] \
-            if os.path.isdir("/var/run/netns") else []
+        left_ns = (
+            [n for n in os.listdir("/var/run/netns") if n.startswith(prefix)]
+            if os.path.isdir("/var/run/netns")
+            else []
+        )
         left_pins = glob.glob(f"{TEST_PIN_BASE}/{prefix}*")
         _say(f"cleaned up: {len(left_ns)} namespaces and {len(left_pins)} pin roots left behind", t0)
     print("demo " + ("passed" if ok else "FAILED"), flush=True)

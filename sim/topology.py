@@ -42,22 +42,25 @@ def pod_cidrs(node_index: int) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Net
 def run_in(ns: str, *cmd: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     """Run a command in a namespace's network (not mount) namespace, so bpffs pins stay visible."""
     return subprocess.run(
-        ["nsenter", f"--net=/var/run/netns/{ns}", *cmd], check=check, timeout=timeout, text=True,
-        capture_output=True, **kw
+        ["nsenter", f"--net=/var/run/netns/{ns}", *cmd],
+        check=check,
+        timeout=timeout,
+        text=True,
+        capture_output=True,
+        **kw,
     )
 
 
 def _sysctl(ns: str, key: str, value: str) -> None:
-    with entered(ns):
-        with open("/proc/sys/" + key.replace(".", "/"), "w") as fh:
-            fh.write(value)
+    with entered(ns), open("/proc/sys/" + key.replace(".", "/"), "w") as fh:
+        fh.write(value)
 
 
 @dataclass
 class Pod:
     name: str
     ns: str
-    node: "Node"
+    node: Node
     ips: list[str]
     link: plumbing.PodLink | None = None
     ep: Endpoint | None = None
@@ -73,7 +76,7 @@ class Pod:
 
 @dataclass
 class Node:
-    cluster: "Cluster"
+    cluster: Cluster
     index: int
     ns: str
     nic: str
@@ -98,8 +101,15 @@ class Node:
         return pod_cidrs(self.index)[1]
 
     def ctl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        return run_in(self.ns, os.path.join(VENV_BIN, "xdpcnictl"), "--root", self.pin_root, *args,
-                      check=check, timeout=timeout)
+        return run_in(
+            self.ns,
+            os.path.join(VENV_BIN, "xdpcnictl"),
+            "--root",
+            self.pin_root,
+            *args,
+            check=check,
+            timeout=timeout,
+        )
 
     def load(self, mode: str = "tc") -> subprocess.CompletedProcess:
         res = self.ctl("load", "--nic", self.nic, "--mode", mode)
@@ -165,7 +175,7 @@ class Cluster:
             w.addr("add", index=br, address=WIRE_HOST_V4, prefixlen=24)
             w.addr("add", index=br, address=WIRE_HOST_V6, prefixlen=64, flags=plumbing.IFA_F_NODAD)
         # Frames from the wire host's own sockets must carry finished checksums: an XDP NIC turns
-        # skbs into xdp_frames, which carry no checksum state (DESIGN.md "Checksums").
+        # skbs into xdp_frames, which carry no checksum state (docs/design.md "Checksums").
         run_in(self.wire, "ethtool", "-K", "br0", "tx", "off", check=False)
 
     def _make_node(self, i: int) -> Node:

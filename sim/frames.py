@@ -18,8 +18,16 @@ def l3(dst: str, src: str | None = None, ttl: int = 64, **kw):
     return IP(src=src or WIRE_HOST_V4, dst=dst, ttl=ttl, **kw)
 
 
-def wire_to(cluster, node, dst: str, ttl: int = 64, payload: bytes = b"x" * 32, sport: int = 1234,
-            eth_dst: str | None = None, **kw):
+def wire_to(
+    cluster,
+    node,
+    dst: str,
+    ttl: int = 64,
+    payload: bytes = b"x" * 32,
+    sport: int = 1234,
+    eth_dst: str | None = None,
+    **kw,
+):
     """A UDP frame from the wire host to `dst`, addressed (L2) to the node's NIC."""
     return (
         Ether(src=cluster.wire_mac, dst=eth_dst or node.nic_mac)
@@ -30,7 +38,7 @@ def wire_to(cluster, node, dst: str, ttl: int = 64, payload: bytes = b"x" * 32, 
 
 
 def ip_layer(frame: Ether):
-    return frame[IP] if IP in frame else (frame[IPv6] if IPv6 in frame else None)
+    return frame[IP] if IP in frame else (frame[IPv6] if IPv6 in frame else None)  # noqa: SIM401 (scapy)
 
 
 def hop_limit(frame: Ether) -> int:
@@ -57,9 +65,7 @@ def checksums_valid(frame: Ether) -> bool:
         rebuilt = IP(bytes(c))
         if rebuilt.chksum != fresh[IP].chksum:
             return False
-        if UDP in fresh and fresh[UDP].chksum not in (0, rebuilt[UDP].chksum):
-            return False
-        return True
+        return not (UDP in fresh and fresh[UDP].chksum not in (0, rebuilt[UDP].chksum))
     c = fresh[IPv6].copy()
     if UDP in c:
         del c[UDP].chksum

@@ -20,26 +20,24 @@ import signal
 import sys
 import time
 
-from .config import DEFAULT_CONFIG_PATH, ConfigError, NodeConfig
-from .netns import entered
-from .pins import DEFAULT_ROOT, PinLayout
-from .probes import ProbeError
+from cni.client import DEFAULT_SOCKET
+from datapath.config import DEFAULT_CONFIG_PATH, MODES, ConfigError, NodeConfig, resolve
+from datapath.netns import entered
+from datapath.pins import DEFAULT_ROOT, PinLayout
+from datapath.probes import ProbeError
 
 
 def _config(args) -> NodeConfig:
-    data = {}
-    path = args.config or (DEFAULT_CONFIG_PATH if os.path.exists(DEFAULT_CONFIG_PATH) else None)
-    if path:
-        data = NodeConfig.from_yaml(path).__dict__.copy()
-    for field in ("nic", "mode", "vlan"):
-        val = getattr(args, field, None)
-        if val is not None:
-            data[field] = val
-    if args.root:
-        data["bpffs_root"] = args.root
-    if "nic" not in data:
+    cfg = resolve(
+        args.config,
+        nic=getattr(args, "nic", None),
+        mode=getattr(args, "mode", None),
+        vlan=getattr(args, "vlan", None),
+        bpffs_root=args.root,
+    )
+    if cfg is None:
         raise ConfigError("no NIC given: pass --nic or a node config with `nic:` (--config)")
-    return NodeConfig.from_dict(data)
+    return cfg
 
 
 def _root(args) -> str:
@@ -51,7 +49,7 @@ def _root(args) -> str:
 
 
 def cmd_load(args) -> int:
-    from .loader import load
+    from datapath.loader import load
 
     cfg = _config(args)
     t0 = time.monotonic()
@@ -71,7 +69,7 @@ def cmd_load(args) -> int:
 
 
 def cmd_unload(args) -> int:
-    from .loader import unload
+    from datapath.loader import unload
 
     if not unload(_root(args)):
         print(f"nothing loaded under {_root(args)}")
@@ -79,14 +77,14 @@ def cmd_unload(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .loader import NodeState
+    from datapath.loader import NodeState
 
     root = _root(args)
     state = NodeState.read(root)
     layout = PinLayout(root)
     out = {"root": root, "loaded": layout.is_loaded(), "state": state.__dict__ if state else None}
     if layout.is_loaded():
-        from .endpoints import EndpointTable
+        from datapath.endpoints import EndpointTable
 
         with EndpointTable(root) as table:
             out["endpoints"] = len(table.list())
@@ -105,7 +103,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_endpoints(args) -> int:
-    from .endpoints import EndpointTable
+    from datapath.endpoints import EndpointTable
 
     with EndpointTable(_root(args)) as table:
         eps = table.list()
@@ -119,8 +117,8 @@ def cmd_endpoints(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from .endpoints import EndpointTable
-    from .stats import Stats
+    from datapath.endpoints import EndpointTable
+    from datapath.stats import Stats
 
     root = _root(args)
     with EndpointTable(root) as table:
@@ -132,7 +130,11 @@ def cmd_stats(args) -> int:
             for reason, c in stats.endpoint(ep_id).items():
                 rows.append((ep_id, reason, c))
     if args.json:
-        print(json.dumps([{"ep_id": i, "reason": r.name, "packets": c.packets, "bytes": c.bytes} for i, r, c in rows]))
+        print(
+            json.dumps(
+                [{"ep_id": i, "reason": r.name, "packets": c.packets, "bytes": c.bytes} for i, r, c in rows]
+            )
+        )
         return 0
     print(f"{'EP':>4}  {'WHO':24}  {'REASON':18}  {'PACKETS':>10}  {'BYTES':>12}")
     for ep_id, reason, c in rows:
@@ -142,28 +144,32 @@ def cmd_stats(args) -> int:
 
 
 def cmd_agent(args) -> int:
-    from cni.agent import serve
+    from .agent import serve
 
     return serve(args.socket)
 
 
 def cmd_demo(args) -> int:
-    from tests.harness.demo import run_demo
+    from sim.demo import run_demo
 
     return run_demo(mode=args.mode or "tc")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xdpcnictl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="xdpcnictl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--netns", help="run in this network namespace (name or path)")
     p.add_argument("--root", help=f"bpffs pin root (default {DEFAULT_ROOT})")
     p.add_argument("--config", help=f"node config YAML (default {DEFAULT_CONFIG_PATH} if present)")
     sub = p.add_subparsers(dest="cmd", required=True)
     lp = sub.add_parser("load", help="compile, pin and attach the node datapath (reload = upgrade)")
     lp.add_argument("--nic", help="the node's uplink interface")
-    lp.add_argument("--mode", choices=("auto", "xdp", "tc"), help="NIC attach mode (default auto)")
+    lp.add_argument("--mode", choices=MODES, help="NIC attach mode (default auto)")
     lp.add_argument("--vlan", type=int, help="802.1Q VLAN id that carries pod traffic (0 = none)")
-    lp.add_argument("--wait", action="store_true", help="stay in the foreground after loading (until SIGTERM)")
+    lp.add_argument(
+        "--wait", action="store_true", help="stay in the foreground after loading (until SIGTERM)"
+    )
     lp.set_defaults(func=cmd_load)
     sub.add_parser("unload", help="detach and remove all pins").set_defaults(func=cmd_unload)
     sp = sub.add_parser("status", help="is the datapath loaded, where, in which mode")
@@ -176,9 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--ep", type=int, help="only this endpoint id")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_stats)
-    ag = sub.add_parser("agent", help="serve CNI verbs warm on a unix socket (the plugin falls back "
-                        "to in-process work when no agent runs)")
-    ag.add_argument("--socket", default="/run/xdpcni/agent.sock", help="socket path (default %(default)s)")
+    ag = sub.add_parser(
+        "agent",
+        help="serve CNI verbs warm on a unix socket (the plugin falls back "
+        "to in-process work when no agent runs)",
+    )
+    ag.add_argument("--socket", default=DEFAULT_SOCKET, help="socket path (default %(default)s)")
     ag.set_defaults(func=cmd_agent)
     dp = sub.add_parser("demo", help="simulated 2-node cluster showing the bypass, then cleanup")
     dp.add_argument("--mode", choices=("xdp", "tc"), help="NIC mode for the demo (default tc)")

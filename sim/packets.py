@@ -103,8 +103,15 @@ def forwarded(ns: str) -> int:
     return c["IpForwDatagrams"] + c["Ip6OutForwDatagrams"]
 
 
-def udp_exchange(src_ns: str, dst_ns: str, dst_ip: str, n: int = 10, port: int = 40000,
-                 payload: bytes = b"xdpcni", timeout: float = 2.0) -> int:
+def udp_exchange(
+    src_ns: str,
+    dst_ns: str,
+    dst_ip: str,
+    n: int = 10,
+    port: int = 40000,
+    payload: bytes = b"xdpcni",
+    timeout: float = 2.0,
+) -> int:
     """Send n datagrams from a socket in src_ns to dst_ip:port where a socket in dst_ns listens;
     returns how many arrived (real reachability through both kernels and the datapath)."""
     fam = socket.AF_INET6 if ":" in dst_ip else socket.AF_INET
@@ -123,7 +130,7 @@ def udp_exchange(src_ns: str, dst_ns: str, dst_ip: str, n: int = 10, port: int =
             try:
                 rx.recv(2048)
                 got += 1
-            except socket.timeout:
+            except TimeoutError:
                 break
     finally:
         rx.close()

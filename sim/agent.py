@@ -19,17 +19,26 @@ class NodeAgent:
         os.makedirs(node.data_dir, exist_ok=True)
         self.sock = os.path.join(node.data_dir, "agent.sock")
         self.log_path = os.path.join(node.data_dir, "agent.log")
-        self.log = open(self.log_path, "w+")
+        self.log = open(self.log_path, "w+")  # noqa: SIM115 - kept open for the agent's lifetime
         self.proc = subprocess.Popen(
-            ["nsenter", f"--net=/var/run/netns/{node.ns}", os.path.join(VENV_BIN, "xdpcnictl"), "agent",
-             "--socket", self.sock],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                "nsenter",
+                f"--net=/var/run/netns/{node.ns}",
+                os.path.join(VENV_BIN, "xdpcnictl"),
+                "agent",
+                "--socket",
+                self.sock,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + start_timeout
         while not os.path.exists(self.sock) and time.monotonic() < deadline and self.proc.poll() is None:
             time.sleep(0.05)
         if not os.path.exists(self.sock):
             self.stop()
-            raise RuntimeError(f"xdpcni agent did not come up: {open(self.log_path).read()[-500:]}")
+            with open(self.log_path) as fh:
+                raise RuntimeError(f"xdpcni agent did not come up: {fh.read()[-500:]}")
 
     def stop(self) -> None:
         processes.stop(self.proc)

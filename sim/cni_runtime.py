@@ -61,9 +61,19 @@ def _remove_bin_dir(path: str, creator: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def invoke(node_ns: str, plugin: str, command: str, conf: dict | bytes | None, *, container_id: str = "",
-           netns_path: str = "", ifname: str = "eth0", args: str = "", extra_env: dict | None = None,
-           timeout: float = 120) -> Invocation:
+def invoke(
+    node_ns: str,
+    plugin: str,
+    command: str,
+    conf: dict | bytes | None,
+    *,
+    container_id: str = "",
+    netns_path: str = "",
+    ifname: str = "eth0",
+    args: str = "",
+    extra_env: dict | None = None,
+    timeout: float = 120,
+) -> Invocation:
     """One plugin call: `env -i` so nothing from our environment leaks in, like a runtime."""
     cni_path = f"{cni_bin_dir()}:{REFERENCE_PLUGINS}"
     exe = shutil.which(plugin, path=cni_path)
@@ -79,8 +89,14 @@ def invoke(node_ns: str, plugin: str, command: str, conf: dict | bytes | None, *
         env["CNI_ARGS"] = args
     env.update(extra_env or {})
     stdin = conf if isinstance(conf, bytes) else json.dumps(conf or {}).encode()
-    cmd = ["nsenter", f"--net=/var/run/netns/{node_ns}", "env", "-i",
-           *[f"{k}={v}" for k, v in env.items()], exe]
+    cmd = [
+        "nsenter",
+        f"--net=/var/run/netns/{node_ns}",
+        "env",
+        "-i",
+        *[f"{k}={v}" for k, v in env.items()],
+        exe,
+    ]
     proc = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout, check=False)
     stdout = proc.stdout.decode(errors="replace")
     try:
@@ -90,8 +106,9 @@ def invoke(node_ns: str, plugin: str, command: str, conf: dict | bytes | None, *
     return Invocation(proc.returncode, out, stdout, proc.stderr.decode(errors="replace"))
 
 
-def xdpcni_netconf(node: Node, mode: str = "tc", cni_version: str = "1.1.0", ipam: dict | None = None,
-                   **extra) -> dict:
+def xdpcni_netconf(
+    node: Node, mode: str = "tc", cni_version: str = "1.1.0", ipam: dict | None = None, **extra
+) -> dict:
     """The network config a node of the simulated cluster uses (own pins, own data dir)."""
     return {
         "cniVersion": cni_version,
@@ -102,7 +119,8 @@ def xdpcni_netconf(node: Node, mode: str = "tc", cni_version: str = "1.1.0", ipa
         "bpffsRoot": node.pin_root,
         "dataDir": node.data_dir,
         "agentSocket": "",  # in-process unless a test starts an agent for this node
-        "ipam": ipam or {"type": "xdpcni", "ranges": [[{"subnet": str(node.cidr4)}], [{"subnet": str(node.cidr6)}]]},
+        "ipam": ipam
+        or {"type": "xdpcni", "ranges": [[{"subnet": str(node.cidr4)}], [{"subnet": str(node.cidr6)}]]},
         **extra,
     }
 
@@ -116,7 +134,7 @@ class Runtime:
     cache: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
-    def single(cls, node: Node, mode: str = "tc", **kw) -> "Runtime":
+    def single(cls, node: Node, mode: str = "tc", **kw) -> Runtime:
         conf = xdpcni_netconf(node, mode, **kw)
         plugin = {k: v for k, v in conf.items() if k not in ("cniVersion", "name")}
         return cls(node, {"cniVersion": conf["cniVersion"], "name": conf["name"], "plugins": [plugin]})
@@ -138,48 +156,85 @@ class Runtime:
         self.node.cluster.namespaces.append(ns)
         return ns
 
-    def add(self, container_id: str, ns: str, ifname: str = "eth0", runtime_config: dict | None = None,
-            extra_env: dict | None = None) -> Invocation:
+    def add(
+        self,
+        container_id: str,
+        ns: str,
+        ifname: str = "eth0",
+        runtime_config: dict | None = None,
+        extra_env: dict | None = None,
+    ) -> Invocation:
         prev = None
         inv = None
         for plugin in self.conflist["plugins"]:
-            inv = invoke(self.node.ns, plugin["type"], "ADD", self._conf(plugin, prev, runtime_config),
-                         container_id=container_id, netns_path=f"/var/run/netns/{ns}", ifname=ifname,
-                         extra_env=extra_env if plugin["type"] == "xdpcni" else None)
+            inv = invoke(
+                self.node.ns,
+                plugin["type"],
+                "ADD",
+                self._conf(plugin, prev, runtime_config),
+                container_id=container_id,
+                netns_path=f"/var/run/netns/{ns}",
+                ifname=ifname,
+                extra_env=extra_env if plugin["type"] == "xdpcni" else None,
+            )
             if not inv.ok:
                 return inv
             prev = inv.out
         self.cache[f"{container_id}/{ifname}"] = prev
         return inv
 
-    def check(self, container_id: str, ns: str, ifname: str = "eth0",
-              runtime_config: dict | None = None) -> Invocation:
+    def check(
+        self, container_id: str, ns: str, ifname: str = "eth0", runtime_config: dict | None = None
+    ) -> Invocation:
         prev = self.cache[f"{container_id}/{ifname}"]
         inv = None
         for plugin in self.conflist["plugins"]:
-            inv = invoke(self.node.ns, plugin["type"], "CHECK", self._conf(plugin, prev, runtime_config),
-                         container_id=container_id, netns_path=f"/var/run/netns/{ns}", ifname=ifname)
+            inv = invoke(
+                self.node.ns,
+                plugin["type"],
+                "CHECK",
+                self._conf(plugin, prev, runtime_config),
+                container_id=container_id,
+                netns_path=f"/var/run/netns/{ns}",
+                ifname=ifname,
+            )
             if not inv.ok:
                 return inv
         return inv
 
-    def check_each(self, container_id: str, ns: str, ifname: str = "eth0",
-                   runtime_config: dict | None = None) -> dict[str, Invocation]:
+    def check_each(
+        self, container_id: str, ns: str, ifname: str = "eth0", runtime_config: dict | None = None
+    ) -> dict[str, Invocation]:
         """CHECK every plugin of the list (not stopping at the first failure): plugin -> result."""
         prev = self.cache[f"{container_id}/{ifname}"]
-        return {plugin["type"]: invoke(self.node.ns, plugin["type"], "CHECK",
-                                       self._conf(plugin, prev, runtime_config), container_id=container_id,
-                                       netns_path=f"/var/run/netns/{ns}", ifname=ifname)
-                for plugin in self.conflist["plugins"]}
+        return {
+            plugin["type"]: invoke(
+                self.node.ns,
+                plugin["type"],
+                "CHECK",
+                self._conf(plugin, prev, runtime_config),
+                container_id=container_id,
+                netns_path=f"/var/run/netns/{ns}",
+                ifname=ifname,
+            )
+            for plugin in self.conflist["plugins"]
+        }
 
-    def delete(self, container_id: str, ns: str | None, ifname: str = "eth0",
-               runtime_config: dict | None = None) -> Invocation:
+    def delete(
+        self, container_id: str, ns: str | None, ifname: str = "eth0", runtime_config: dict | None = None
+    ) -> Invocation:
         prev = self.cache.get(f"{container_id}/{ifname}")
         inv = None
         for plugin in reversed(self.conflist["plugins"]):
-            inv = invoke(self.node.ns, plugin["type"], "DEL", self._conf(plugin, prev, runtime_config),
-                         container_id=container_id, netns_path=f"/var/run/netns/{ns}" if ns else "",
-                         ifname=ifname)
+            inv = invoke(
+                self.node.ns,
+                plugin["type"],
+                "DEL",
+                self._conf(plugin, prev, runtime_config),
+                container_id=container_id,
+                netns_path=f"/var/run/netns/{ns}" if ns else "",
+                ifname=ifname,
+            )
             if not inv.ok:
                 return inv
         self.cache.pop(f"{container_id}/{ifname}", None)
