@@ -3,23 +3,24 @@
  * NICs where XDP redirect does not pay (veth, generic XDP). Delivery with bpf_redirect_peer goes
  * from here straight into the pod's eth0 in the pod namespace: no host stack, no backlog queue,
  * no second pass through the host-side veth. Everything else: TC_ACT_OK (the stack decides). */
-#include "lib/fwd.h"
+#include "lib/nic.h"
 
+XDPCNI_PROG("tc")
 int tc_nic(struct __sk_buff *ctx)
 {
 	struct fwd_plan plan = {};
-	struct endpoint_info *ep;
+	struct endpoint_info *ep = NULL;
 	struct node_config *cfg;
 	__u32 key0 = 0, bytes = ctx->len;
 	bool pop_vlan = false;
 	int reason;
 
-	cfg = node_cfg.lookup(&key0);
+	cfg = node_cfg_lookup(&key0);
 	if (!cfg)
 		return TC_ACT_OK;
 	ctx_pull(ctx, L3_PULL_LEN);
-	ep = nic_decide(ctx, cfg, &plan, &reason, &pop_vlan);
-	if (!ep)
+	reason = nic_decide(ctx, cfg, &plan, &ep, &pop_vlan);
+	if (reason != CHECK_OK || !ep)
 		goto pass;
 	if (ctx_rewrite(ctx, &plan, ep->pod_mac, ep->host_mac) < 0) {
 		reason = REASON_PASS_PADDING;
@@ -28,7 +29,7 @@ int tc_nic(struct __sk_buff *ctx)
 	/* bpf_redirect_peer cannot report a missing target (the kernel drops it later), so check the
 	 * endpoint's veth is still registered: the CNI removes `ifaces` on DEL and GC sweeps entries
 	 * whose veth vanished. (XDP mode gets this from the DEVMAP, which drops dead devices.) */
-	if (!ifaces.lookup(&ep->ifindex)) {
+	if (!ifaces_lookup(&ep->ifindex)) {
 		count(ep->ep_id, REASON_DROP_REDIRECT, bytes);
 		return TC_ACT_SHOT;
 	}
@@ -37,6 +38,6 @@ int tc_nic(struct __sk_buff *ctx)
 	count(ep->ep_id, REASON_FWD_NIC_TO_POD, bytes);
 	return bpf_redirect_peer(ep->ifindex, 0);
 pass:
-	count(0, reason, bytes);
+	count(ep ? ep->ep_id : 0, reason, bytes);
 	return TC_ACT_OK;
 }

@@ -17,7 +17,11 @@ static __always_inline int fib_forward(struct __sk_buff *ctx, struct fwd_plan *p
 
 	p.ifindex = ctx->ingress_ifindex;
 	p.l4_protocol = plan->l4proto;
-	p.tot_len = plan->ip_len;
+	/* tot_len 0: the helper checks the skb itself against the egress MTU, GSO-aware (a TSO
+	 * super-packet passes when its segments fit); with the IP length every GSO skb would get
+	 * FRAG_NEEDED. A real oversize packet still gets it and goes to the stack, which answers
+	 * the pod with frag-needed / packet-too-big. */
+	p.tot_len = 0;
 	if (plan->family == XDPCNI_FAMILY_IPV4) {
 		p.family = FAMILY_AF_INET;
 		p.tos = plan->tos;
@@ -48,15 +52,21 @@ static __always_inline int fib_forward(struct __sk_buff *ctx, struct fwd_plan *p
 		count(ep_id, REASON_FWD_POD_TO_NIC, bytes);
 		return redirect_neigh(p.ifindex, &nh, sizeof(nh), 0);
 	}
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		count(ep_id, REASON_PASS_MTU, bytes);
+		return TC_ACT_OK;
+	}
 pass:
 	count(ep_id, REASON_PASS_FIB, bytes);
 	return TC_ACT_OK;
 }
 
+XDPCNI_PROG("tc")
 int tc_pod(struct __sk_buff *ctx)
 {
-	__u32 ifindex = ctx->ingress_ifindex, bytes = ctx->len;
+	__u32 ifindex = ctx->ingress_ifindex, bytes = ctx->len, key0 = 0;
 	struct endpoint_info *dst_ep;
+	struct node_config *cfg;
 	struct fwd_plan plan = {};
 	struct hdr_cursor nh;
 	struct iface_info *ifc;
@@ -64,7 +74,7 @@ int tc_pod(struct __sk_buff *ctx)
 	void *data, *data_end;
 	int proto, r;
 
-	ifc = ifaces.lookup(&ifindex);
+	ifc = ifaces_lookup(&ifindex);
 	if (!ifc)
 		return TC_ACT_OK; /* not (or no longer) an endpoint: the stack decides */
 	ctx_pull(ctx, L3_PULL_LEN);
@@ -86,11 +96,21 @@ int tc_pod(struct __sk_buff *ctx)
 	r = check_ip(proto, &nh, data_end, ctx->len, &plan);
 	if (r != CHECK_OK)
 		goto out;
-	dst_ep = endpoints.lookup(&plan.dst);
+	cfg = node_cfg_lookup(&key0);
+	if (cfg && (cfg->flags & XDPCNI_NODE_F_CONNTRACK)) {
+		r = check_conntrack(ctx, &plan);
+		if (r != CHECK_OK)
+			goto out;
+	}
+	dst_ep = endpoints_lookup(&plan.dst);
 	if (!dst_ep)
 		return fib_forward(ctx, &plan, ifc->ep_id, bytes);
 	if (dst_ep->flags & XDPCNI_EP_F_INGRESS_VIA_STACK) {
 		r = REASON_PASS_POLICY;
+		goto out;
+	}
+	if (ctx_check_mtu(ctx, dst_ep->ifindex, plan.ip_len)) {
+		r = REASON_PASS_MTU;
 		goto out;
 	}
 	if (ctx_rewrite(ctx, &plan, dst_ep->pod_mac, dst_ep->host_mac) < 0) {

@@ -3,7 +3,7 @@
  * tx_ports DEVMAP_HASH into the pod's host-side veth (then straight into the pod's eth0),
  * skipping the host's routing, netfilter and neighbour code. Everything else: XDP_PASS. */
 #define XDPCNI_XDP 1
-#include "lib/fwd.h"
+#include "lib/nic.h"
 
 /* Remove the outer 802.1Q tag after the MACs were rewritten: move them over the tag. */
 static __always_inline int xdp_pop_vlan(struct xdp_md *ctx)
@@ -19,20 +19,21 @@ static __always_inline int xdp_pop_vlan(struct xdp_md *ctx)
 	return bpf_xdp_adjust_head(ctx, sizeof(struct vlan_tag));
 }
 
+XDPCNI_PROG("xdp")
 int xdp_nic(struct xdp_md *ctx)
 {
 	struct fwd_plan plan = {};
-	struct endpoint_info *ep;
+	struct endpoint_info *ep = NULL;
 	struct node_config *cfg;
 	__u32 key0 = 0, bytes = ctx_len(ctx);
 	bool pop_vlan = false;
 	int reason, act;
 
-	cfg = node_cfg.lookup(&key0);
+	cfg = node_cfg_lookup(&key0);
 	if (!cfg)
 		return XDP_PASS;
-	ep = nic_decide(ctx, cfg, &plan, &reason, &pop_vlan);
-	if (!ep)
+	reason = nic_decide(ctx, cfg, &plan, &ep, &pop_vlan);
+	if (reason != CHECK_OK || !ep)
 		goto pass;
 	if (ctx_rewrite(ctx, &plan, ep->pod_mac, ep->host_mac) < 0) {
 		reason = REASON_PASS_PADDING;
@@ -40,10 +41,10 @@ int xdp_nic(struct xdp_md *ctx)
 	}
 	if (pop_vlan && xdp_pop_vlan(ctx) < 0)
 		return XDP_DROP; /* cannot happen: the tag was parsed above */
-	act = tx_ports.redirect_map(ep->ifindex, 0);
+	act = tx_ports_redirect(ep->ifindex, 0);
 	count(ep->ep_id, act == XDP_REDIRECT ? REASON_FWD_NIC_TO_POD : REASON_DROP_REDIRECT, bytes);
 	return act;
 pass:
-	count(0, reason, bytes);
+	count(ep ? ep->ep_id : 0, reason, bytes);
 	return XDP_PASS;
 }

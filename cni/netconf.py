@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from datapath import config as node_config
-from datapath.config import MODES, ConfigError, NodeConfig
+from datapath.config import MODES, NETFILTER_MODES, ConfigError, NodeConfig
 from datapath.pins import DEFAULT_ROOT
 
 from .errors import DECODE_FAILURE, INVALID_NETCONF, CniError
@@ -48,6 +48,7 @@ class NetConf:
     node_config: str | None = None
     vlan: int | None = None
     mtu: int | None = None
+    netfilter: str | None = None
     data_dir: str = DEFAULT_DATA_DIR
     dns: dict = field(default_factory=dict)
     prev_result: dict | None = None
@@ -68,6 +69,7 @@ class NetConf:
                     bpffs_root=self.bpffs_root,
                     vlan=self.vlan,
                     mtu=self.mtu,
+                    netfilter=self.netfilter,
                 )
             except ConfigError as exc:
                 raise CniError(INVALID_NETCONF, f"nodeConfig: {exc}") from exc
@@ -151,6 +153,11 @@ def parse(data: dict, verb: str) -> NetConf:
     mode = _opt(data, "mode", str, "a string")
     if mode is not None and mode not in MODES:
         raise CniError(INVALID_NETCONF, f"mode: {mode!r} is not one of {', '.join(MODES)}")
+    netfilter = _opt(data, "netfilter", str, "a string")
+    if netfilter is not None and netfilter not in NETFILTER_MODES:
+        raise CniError(
+            INVALID_NETCONF, f"netfilter: {netfilter!r} is not one of {', '.join(NETFILTER_MODES)}"
+        )
     mtu = _opt(data, "mtu", int, "an integer")
     if mtu is not None and not 576 <= mtu <= 3506:
         raise CniError(INVALID_NETCONF, f"mtu: {mtu} must be 576..3506 (veth native XDP limit)")
@@ -175,6 +182,7 @@ def parse(data: dict, verb: str) -> NetConf:
         node_config=_opt(data, "nodeConfig", str, "a path"),
         vlan=vlan,
         mtu=mtu,
+        netfilter=netfilter,
         data_dir=data_dir,
         dns=_opt(data, "dns", dict, "an object") or {},
         prev_result=prev,

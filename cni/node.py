@@ -20,6 +20,18 @@ from .locking import flocked
 LOAD_TIMEOUT = 120.0
 
 
+def sync_netfilter(root: str) -> None:
+    """netfilter: auto is re-decided by every verb too (not only by the agent): cheap when the
+    setting is respect or bypass (one small file read), one netlink dump when it is auto."""
+    from datapath.loader import NodeState
+
+    state = NodeState.read(root)
+    if state is not None and state.netfilter == "auto":
+        from datapath import netfilter
+
+        netfilter.sync(root, "auto")
+
+
 def is_loaded(root: str) -> bool:
     return PinLayout(root).is_loaded()
 

@@ -38,6 +38,10 @@ class Reason(enum.IntEnum):
     DROP_SPOOF_IP = 16
     DROP_REDIRECT = 17
     PASS_POLICY = 18
+    PASS_MTU = 19
+    PASS_CONNTRACK = 20
+    PASS_NAT = 21
+    PASS_PROTO = 22
 
     @property
     def verdict(self) -> str:
@@ -63,6 +67,9 @@ class EndpointKey(ct.Structure):
         raw = bytes(self.addr)
         return ipaddress.IPv4Address(raw[:4]) if self.family == FAMILY_IPV4 else ipaddress.IPv6Address(raw)
 
+
+# node_config.flags (bpf/lib/consts.h XDPCNI_NODE_F_*)
+NODE_F_CONNTRACK = 1 << 0
 
 # endpoint_info.flags (bpf/lib/consts.h XDPCNI_EP_F_*)
 EP_F_INGRESS_VIA_STACK = 1 << 0

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import yaml
 
+from .netfilter import DEFAULT_MODE as DEFAULT_NETFILTER
+from .netfilter import MODES as NETFILTER_MODES
 from .pins import DEFAULT_ROOT
 
 MODES = ("auto", "xdp", "tc")
@@ -32,6 +34,7 @@ class NodeConfig:
     vlan: int = 0
     pod_cidrs: list[str] = field(default_factory=list)
     mtu: int = 1500
+    netfilter: str = DEFAULT_NETFILTER
 
     def __post_init__(self) -> None:
         if not self.nic or not isinstance(self.nic, str):
@@ -42,6 +45,8 @@ class NodeConfig:
             raise ConfigError(f"vlan: {self.vlan!r} is not a VLAN id 0..4094 (0 = untagged)")
         if not str(self.bpffs_root).startswith("/sys/fs/bpf/"):
             raise ConfigError(f"bpffs_root: {self.bpffs_root!r} must be under /sys/fs/bpf/")
+        if self.netfilter not in NETFILTER_MODES:
+            raise ConfigError(f"netfilter: {self.netfilter!r} is not one of {', '.join(NETFILTER_MODES)}")
         if not isinstance(self.mtu, int) or not 576 <= self.mtu <= 3506:
             raise ConfigError(f"mtu: {self.mtu!r} must be 576..3506 (veth native XDP limit)")
         for cidr in self.pod_cidrs:
@@ -89,7 +94,7 @@ def resolve(path: str | None = None, **overrides) -> NodeConfig | None:
     """The node's datapath settings: the YAML at `path` (default: DEFAULT_CONFIG_PATH when it
     exists, which is what `make install` writes), then every override that is not None.
 
-    Overrides use NodeConfig field names (nic, mode, bpffs_root, vlan, mtu). Returns None when no
+    Overrides use NodeConfig field names (nic, mode, bpffs_root, vlan, mtu, netfilter). Returns None when no
     NIC is known (enough to use a loaded datapath, not to load one). Raises ConfigError.
     """
     data: dict = {}

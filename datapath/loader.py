@@ -1,4 +1,10 @@
-"""Node lifecycle: compile the programs with BCC, pin them and their maps, attach to the NIC.
+"""Node lifecycle: build or compile the programs, pin them and their maps, attach to the NIC.
+
+Two toolchains, one source (bpf/lib/compat.h): the clang/libbpf objects (datapath/build.py,
+datapath/objload.py; CO-RE, the conntrack gate with kfuncs, ~0.2 s to load) are used whenever
+they can be built or exist; BCC compiles at load time (~10 s) where clang or libbpf's headers are
+missing, or when XDPCNI_TOOLCHAIN=bcc asks for it. BCC cannot call kfuncs, so its conntrack gate
+sends every packet to the stack (netfilter: respect then means stack-only).
 
 Runs once per node (and again to upgrade). Maps are pinned, so loading again reuses them: pods
 keep their entries, and the NIC and pod programs are replaced atomically (XDP replace, TC
@@ -17,13 +23,14 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from . import abi, attach, libbpf, probes, sysctl
+from . import abi, attach, build, libbpf, netfilter, objload, probes, sysctl
 from .bccsrc import flatten
 from .config import ConfigError, NodeConfig
 from .maps import PinnedMap
 from .pins import PROGRAMS, PinLayout
 
-BPF_DIR = Path(os.environ.get("XDPCNI_BPF_DIR", Path(__file__).resolve().parent.parent / "bpf"))
+BPF_DIR = build.BPF_DIR
+KFUNC_MISSING = "not found in kernel or module BTFs"  # libbpf's words for an unresolved __ksym
 
 # program name -> (source file, BCC program type name)
 PROGRAM_SOURCES = {
@@ -50,6 +57,10 @@ class NodeState:
     vlan: int
     loaded_at: float
     prog_ids: dict
+    netfilter: str = netfilter.DEFAULT_MODE  # the node setting (respect | bypass | auto)
+    toolchain: str = "bcc"  # clang (conntrack gate with kfuncs) | bcc (gate = stack only)
+    conntrack_check: bool = True  # the gate's bit as the load left it (auto re-decides it)
+    fallback: str | None = None  # why the NIC runs another mode than asked, if it does
 
     def save(self, layout: PinLayout) -> None:
         os.makedirs(os.path.dirname(layout.state_file), mode=0o700, exist_ok=True)
@@ -91,8 +102,10 @@ def _ensure_devmap(layout: PinLayout) -> None:
 
 
 def compile_programs(layout: PinLayout, log=print) -> tuple[list, dict[str, int]]:
-    """Compile and load every program; returns (BCC objects to keep alive, name -> prog fd)."""
+    """Compile and load every program with BCC; returns (BCC objects to keep alive, name -> prog fd)."""
+    probes.require_kernel_headers()
     bcc = probes.require_bcc()
+    _ensure_devmap(layout)
     keep, fds = [], {}
     cflags = [f'-DPIN_ROOT="{layout.root}"', "-Wno-unused-function"]
     for name, (src, ptype) in PROGRAM_SOURCES.items():
@@ -108,6 +121,57 @@ def compile_programs(layout: PinLayout, log=print) -> tuple[list, dict[str, int]
     return keep, fds
 
 
+class _Fds:
+    """Keeps program fds open until they are pinned and attached (what the BCC objects do there)."""
+
+    def __init__(self, fds: dict[str, int]):
+        self.fds = fds
+
+    def __del__(self):
+        for fd in self.fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def load_objects(layout: PinLayout, objs_dir: Path, log=print) -> tuple[list, dict[str, int]]:
+    """Load the clang objects (no compiler at load time); maps are shared through the pins."""
+    t0 = time.monotonic()
+    fds = objload.load_programs(str(objs_dir), layout.maps_dir)
+    log(f"  loaded {len(fds)} clang/libbpf objects from {objs_dir} ({time.monotonic() - t0:.2f}s)")
+    return [_Fds(fds)], fds
+
+
+def load_programs(layout: PinLayout, log=print) -> tuple[list, dict[str, int], str]:
+    """(objects to keep alive, name -> prog fd, toolchain) with the best toolchain available."""
+    forced = os.environ.get("XDPCNI_TOOLCHAIN", "")
+    if forced not in ("", "clang", "bcc"):
+        raise LoadError(f"XDPCNI_TOOLCHAIN={forced!r}: use clang or bcc")
+    if forced != "bcc":
+        try:
+            objs = build.ensure_objects()
+        except build.BuildError as exc:
+            raise LoadError(str(exc)) from exc
+        if objs is not None:
+            try:
+                keep, fds = load_objects(layout, build.OBJ_DIR, log)
+                return keep, fds, "clang"
+            except objload.LoadError as exc:
+                if KFUNC_MISSING not in str(exc) or forced == "clang":
+                    raise LoadError(str(exc)) from exc
+                log(
+                    "  the conntrack kfuncs are not in this kernel's BTF (nf_conntrack not loaded? "
+                    "kernel < 6.0?): BCC build, whose conntrack gate sends every packet to the stack"
+                )
+        elif forced == "clang":
+            raise LoadError(f"XDPCNI_TOOLCHAIN=clang, but {build.can_build()}")
+        else:
+            log(f"  {build.can_build()}: BCC build, whose conntrack gate sends every packet to the stack")
+    keep, fds = compile_programs(layout, log)
+    return keep, fds, "bcc"
+
+
 def _pin_program(layout: PinLayout, name: str, fd: int) -> None:
     """Replace the pin atomically: pin under a temporary name, then rename over the old one."""
     final = layout.prog(name)
@@ -120,8 +184,49 @@ def _pin_program(layout: PinLayout, name: str, fd: int) -> None:
 
 
 def load(cfg: NodeConfig, log=print) -> NodeState:
+    """Compile, pin and attach; the first load on a node that fails removes everything it made,
+    a failed reload leaves the running datapath as it was (programs are replaced only at the end).
+
+    Raises LoadError (or ProbeError for a missing prerequisite) with what to do.
+    """
     probes.require_loader()
     layout = PinLayout(cfg.bpffs_root)
+    fresh = not os.path.exists(layout.root)
+    made: dict = {}
+    try:
+        return _load(cfg, layout, log, made)
+    except BaseException:
+        if fresh:
+            _undo_first_load(layout, made.get("nic_ifindex"))
+        raise
+
+
+def _attach_nic(
+    ipr: IPRoute, nic: str, nic_ifindex: int, mode: str, fds: dict, log
+) -> tuple[str, str | None]:
+    """Attach the NIC program for `mode`, new program first, then remove the other mode's: never a
+    moment without a fast path. Native XDP that the NIC refuses (a veth whose peer's MTU is above
+    3506 needs multi-buffer programs, which this build does not make) falls back to TC, saying why.
+    Returns (mode attached, fallback reason or None)."""
+    fallback = None
+    if mode == "xdp":
+        try:
+            attach.attach_xdp(ipr, nic_ifindex, fds["xdp_nic"], attach.XDP_FLAGS_DRV_MODE)
+            attach.detach_tc_ingress(ipr, nic_ifindex)
+            return "xdp", None
+        except Exception as exc:
+            mtu = ipr.get_links(nic_ifindex)[0].get_attr("IFLA_MTU")
+            fallback = (
+                f"native XDP on {nic} (MTU {mtu}) was refused: {exc}; using TC instead "
+                "(a veth NIC takes native XDP only with MTU <= 3506 on its peer)"
+            )
+            log(f"  {fallback}")
+    attach.attach_tc_ingress(ipr, nic_ifindex, fds["tc_nic"], "xdpcni_tc_nic")
+    attach.detach_xdp(ipr, nic_ifindex)
+    return "tc", fallback
+
+
+def _load(cfg: NodeConfig, layout: PinLayout, log, made: dict) -> NodeState:
     for d in (layout.root, layout.maps_dir, layout.progs_dir):
         os.makedirs(d, mode=0o700, exist_ok=True)
     with IPRoute() as ipr:
@@ -132,30 +237,25 @@ def load(cfg: NodeConfig, log=print) -> NodeState:
         nic_mac = ipr.get_links(nic_ifindex)[0].get_attr("IFLA_ADDRESS")
         mode = resolve_mode(ipr, nic_ifindex, cfg.mode)
 
-        _ensure_devmap(layout)
-        keep, fds = compile_programs(layout, log)
+        keep, fds, toolchain = load_programs(layout, log)
         for m in os.listdir(layout.maps_dir):
             os.chmod(layout.map(m), 0o600)
 
+        conntrack_check = netfilter.wants_conntrack(cfg.netfilter)
         with PinnedMap(layout, "node_cfg") as node_cfg:
             node_cfg.put(
                 0,
-                abi.NodeConfig(nic_ifindex=nic_ifindex, nic_mac=abi.mac_to_bytes(nic_mac), vlan_id=cfg.vlan),
+                abi.NodeConfig(
+                    nic_ifindex=nic_ifindex,
+                    nic_mac=abi.mac_to_bytes(nic_mac),
+                    vlan_id=cfg.vlan,
+                    flags=abi.NODE_F_CONNTRACK if conntrack_check else 0,
+                ),
             )
         sysctl.enable_forwarding(cfg.nic)
 
-        # New program first, then remove the other mode's: never a moment without a fast path.
-        if mode == "xdp":
-            try:
-                attach.attach_xdp(ipr, nic_ifindex, fds["xdp_nic"], attach.XDP_FLAGS_DRV_MODE)
-            except Exception as exc:
-                raise LoadError(
-                    f"native XDP attach on {cfg.nic} failed ({exc}); use mode: tc or auto"
-                ) from exc
-            attach.detach_tc_ingress(ipr, nic_ifindex)
-        else:
-            attach.attach_tc_ingress(ipr, nic_ifindex, fds["tc_nic"], "xdpcni_tc_nic")
-            attach.detach_xdp(ipr, nic_ifindex)
+        made["nic_ifindex"] = nic_ifindex
+        mode, fallback = _attach_nic(ipr, cfg.nic, nic_ifindex, mode, fds, log)
 
         for name in PROGRAMS:
             _pin_program(layout, name, fds[name])
@@ -181,9 +281,33 @@ def load(cfg: NodeConfig, log=print) -> NodeState:
         vlan=cfg.vlan,
         loaded_at=time.time(),
         prog_ids=prog_ids,
+        netfilter=cfg.netfilter,
+        toolchain=toolchain,
+        conntrack_check=conntrack_check,
+        fallback=fallback,
     )
     state.save(layout)
     return state
+
+
+def _undo_first_load(layout: PinLayout, nic_ifindex: int | None) -> None:
+    with IPRoute() as ipr:
+        if nic_ifindex is not None and _link_exists(ipr, nic_ifindex):
+            attach.detach_xdp(ipr, nic_ifindex)
+            attach.detach_tc_ingress(ipr, nic_ifindex)
+    _remove_pins(layout)
+
+
+def _remove_pins(layout: PinLayout) -> bool:
+    if not os.path.isdir(layout.root):
+        return False
+    for sub in (layout.progs_dir, layout.maps_dir):
+        if os.path.isdir(sub):
+            for f in os.listdir(sub):
+                os.unlink(os.path.join(sub, f))
+            os.rmdir(sub)
+    os.rmdir(layout.root)
+    return True
 
 
 def _link_exists(ipr: IPRoute, ifindex: int) -> bool:
@@ -213,14 +337,7 @@ def unload(root: str, log=print) -> bool:
                 for key in ifaces:
                     if _link_exists(ipr, key.value):
                         attach.detach_tc_ingress(ipr, key.value)
-    if os.path.isdir(layout.root):
-        for sub in (layout.progs_dir, layout.maps_dir):
-            if os.path.isdir(sub):
-                for f in os.listdir(sub):
-                    os.unlink(os.path.join(sub, f))
-                os.rmdir(sub)
-        os.rmdir(layout.root)
-        did = True
+    did |= _remove_pins(layout)
     try:
         os.unlink(layout.state_file)
     except FileNotFoundError:

@@ -61,9 +61,8 @@ def require_bpffs(mountpoint: str = "/sys/fs/bpf") -> None:
 
 
 def require_loader() -> None:
-    """Everything compiling and loading the node datapath needs."""
+    """What loading the node datapath needs with either toolchain (BCC's own needs, kernel headers
+    and the bcc module, are checked when it is the one used: datapath/loader.compile_programs)."""
     require_root()
     require_kernel()
     require_bpffs()
-    require_kernel_headers()
-    require_bcc()

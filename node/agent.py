@@ -18,10 +18,12 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 
 from cni import client
 from cni.main import execute
+from datapath.pins import DEFAULT_ROOT
 
 
 def _serve_one(conn: socket.socket, own_netns: int, log) -> None:
@@ -49,7 +51,34 @@ def _serve_one(conn: socket.socket, own_netns: int, log) -> None:
         log(f"client went away before the reply: {exc}")
 
 
-def serve(path: str = client.DEFAULT_SOCKET, log=None) -> int:
+NETFILTER_PERIOD = 1.0  # seconds between re-decisions of the conntrack gate (netfilter: auto)
+
+
+def watch_netfilter(roots: list[str], stop: threading.Event, log, period: float = NETFILTER_PERIOD) -> None:
+    """netfilter: auto is re-decided while running, never once at load: kube-proxy adds its rules
+    after the datapath is loaded. Every `period` seconds, for each loaded datapath in `roots` whose
+    setting is auto, write the gate bit for this namespace's current netfilter state."""
+    from datapath import netfilter
+    from datapath.loader import NodeState
+    from datapath.pins import PinLayout
+
+    last: dict[str, bool] = {}
+    while not stop.wait(period):
+        for root in roots:
+            state = NodeState.read(root)
+            if state is None or state.netfilter != "auto" or not PinLayout(root).is_loaded():
+                continue
+            try:
+                on = netfilter.sync(root, "auto")
+            except Exception as exc:  # keep watching; say why once per change
+                log(f"netfilter sync for {root} failed: {exc}")
+                continue
+            if last.get(root) != on:
+                log(f"netfilter auto: conntrack gate {'on' if on else 'off'} for {root}")
+                last[root] = on
+
+
+def serve(path: str = client.DEFAULT_SOCKET, log=None, roots: list[str] | None = None) -> int:
     log = log or (lambda m: print(f"xdpcni-agent: {m}", flush=True))
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     if os.path.exists(path):
@@ -80,6 +109,11 @@ def serve(path: str = client.DEFAULT_SOCKET, log=None) -> int:
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1) or srv.close())
     log(f"serving CNI verbs on {path} (pid {os.getpid()})")
+    stop_watch = threading.Event()
+    watcher = threading.Thread(
+        target=watch_netfilter, args=(roots or [DEFAULT_ROOT], stop_watch, log), daemon=True
+    )
+    watcher.start()
     try:
         while not stopping:
             try:
@@ -91,6 +125,7 @@ def serve(path: str = client.DEFAULT_SOCKET, log=None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        stop_watch.set()
         srv.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

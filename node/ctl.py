@@ -3,6 +3,7 @@
   xdpcnictl load --nic eth1 [--mode auto|xdp|tc]   compile, pin, attach (idempotent; reload = upgrade)
   xdpcnictl unload                                 detach and remove every pin
   xdpcnictl status                                 what is loaded where, in which mode
+  xdpcnictl netfilter [--sync]                     the node's netfilter state and the conntrack gate
   xdpcnictl endpoints                              the endpoint table
   xdpcnictl stats [--ep ID]                        fast-path / pass / drop counters per endpoint
   xdpcnictl agent [--socket PATH]                  serve CNI verbs warm (optional accelerator)
@@ -21,7 +22,7 @@ import sys
 import time
 
 from cni.client import DEFAULT_SOCKET
-from datapath.config import DEFAULT_CONFIG_PATH, MODES, ConfigError, NodeConfig, resolve
+from datapath.config import DEFAULT_CONFIG_PATH, MODES, NETFILTER_MODES, ConfigError, NodeConfig, resolve
 from datapath.netns import entered
 from datapath.pins import DEFAULT_ROOT, PinLayout
 from datapath.probes import ProbeError
@@ -30,6 +31,7 @@ from datapath.probes import ProbeError
 def _config(args) -> NodeConfig:
     cfg = resolve(
         args.config,
+        netfilter=getattr(args, "netfilter", None),
         nic=getattr(args, "nic", None),
         mode=getattr(args, "mode", None),
         vlan=getattr(args, "vlan", None),
@@ -56,7 +58,9 @@ def cmd_load(args) -> int:
     state = load(cfg, log=lambda m: print(m, flush=True))
     print(
         f"loaded: {state.nic} (ifindex {state.nic_ifindex}) mode={state.mode} "
-        f"(asked {state.requested_mode}) pins={state.root} in {time.monotonic() - t0:.1f}s",
+        f"(asked {state.requested_mode}) netfilter={state.netfilter} "
+        f"(conntrack gate {'on' if state.conntrack_check else 'off'}) pins={state.root} "
+        f"in {time.monotonic() - t0:.1f}s",
         flush=True,
     )
     if args.wait:
@@ -88,6 +92,7 @@ def cmd_status(args) -> int:
 
         with EndpointTable(root) as table:
             out["endpoints"] = len(table.list())
+        out["conntrack_gate"] = _gate(root)
     if args.json:
         print(json.dumps(out, indent=2))
     elif not out["loaded"]:
@@ -97,8 +102,47 @@ def cmd_status(args) -> int:
         s = out["state"] or {}
         print(f"xdpcni datapath: loaded under {root}")
         print(f"  NIC {s.get('nic')} (ifindex {s.get('nic_ifindex')}), mode {s.get('mode')}")
+        print(f"  programs built by {s.get('toolchain')}")
+        if s.get("fallback"):
+            print(f"  fallback: {s['fallback']}")
+        print(
+            f"  netfilter {s.get('netfilter')}: conntrack gate {'on' if out.get('conntrack_gate') else 'off'}"
+        )
         print(f"  programs {s.get('prog_ids')}")
         print(f"  endpoints {out['endpoints']}")
+    return 0
+
+
+def _gate(root: str) -> bool:
+    from datapath import abi
+    from datapath.maps import PinnedMap
+
+    with PinnedMap(PinLayout(root), "node_cfg") as m:
+        return bool(m.get(0).flags & abi.NODE_F_CONNTRACK)
+
+
+def cmd_netfilter(args) -> int:
+    """Show what netfilter state this namespace has and whether the conntrack gate is on; with
+    --sync, re-decide the gate for the loaded datapath's `netfilter` setting (what the agent does
+    every second for `auto`)."""
+    from datapath import netfilter
+    from datapath.loader import NodeState
+
+    root = _root(args)
+    state = NodeState.read(root)
+    mode = state.netfilter if state else netfilter.DEFAULT_MODE
+    findings = netfilter.state()
+    if args.sync:
+        if not PinLayout(root).is_loaded():
+            raise ConfigError(f"nothing loaded under {root}: run `xdpcnictl load` first")
+        netfilter.sync(root, mode)
+    gate = _gate(root) if PinLayout(root).is_loaded() else None
+    if args.json:
+        print(json.dumps({"root": root, "netfilter": mode, "state": findings, "conntrack_gate": gate}))
+        return 0
+    print(f"netfilter setting: {mode}")
+    print("netfilter state in this namespace: " + ("; ".join(findings) if findings else "none"))
+    print(f"conntrack gate: {'not loaded' if gate is None else 'on' if gate else 'off'}")
     return 0
 
 
@@ -146,7 +190,7 @@ def cmd_stats(args) -> int:
 def cmd_agent(args) -> int:
     from .agent import serve
 
-    return serve(args.socket)
+    return serve(args.socket, roots=[_root(args)])
 
 
 def cmd_demo(args) -> int:
@@ -168,10 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--mode", choices=MODES, help="NIC attach mode (default auto)")
     lp.add_argument("--vlan", type=int, help="802.1Q VLAN id that carries pod traffic (0 = none)")
     lp.add_argument(
+        "--netfilter",
+        choices=NETFILTER_MODES,
+        help="respect (default): only conntrack-accepted, untranslated flows take the fast path; "
+        "bypass: ignore netfilter; auto: bypass while the node has no netfilter state",
+    )
+    lp.add_argument(
         "--wait", action="store_true", help="stay in the foreground after loading (until SIGTERM)"
     )
     lp.set_defaults(func=cmd_load)
     sub.add_parser("unload", help="detach and remove all pins").set_defaults(func=cmd_unload)
+    nf = sub.add_parser("netfilter", help="netfilter state of this namespace and the conntrack gate")
+    nf.add_argument("--sync", action="store_true", help="re-decide the gate now (netfilter: auto)")
+    nf.add_argument("--json", action="store_true")
+    nf.set_defaults(func=cmd_netfilter)
     sp = sub.add_parser("status", help="is the datapath loaded, where, in which mode")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_status)

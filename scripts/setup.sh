@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 
-APT_PKGS=(python3-bpfcc libbpf1 bpftool clang clang-format llvm iproute2 ethtool tcpdump netsniff-ng sockperf
-          iperf3 containernetworking-plugins linux-headers-amd64 python3-venv util-linux procps
+APT_PKGS=(python3-bpfcc libbpf1 libbpf-dev bpftool clang clang-format llvm iproute2 ethtool tcpdump netsniff-ng sockperf
+          iperf3 containernetworking-plugins nftables iptables conntrack linux-headers-amd64 python3-venv util-linux procps
           iputils-ping)
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -57,6 +57,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installed xdpcni and its Python packages into $VENV"
 else
   say "venv up to date ($VENV)"
+fi
+
+# The datapath programs as clang/libbpf objects (bpf/build/*.o): make rebuilds only what changed.
+if make -s -C bpf >/tmp/xdpcni-bpf-build.log 2>&1; then
+  say "BPF objects built (bpf/build: $(ls bpf/build/*.o | wc -l) programs, clang + libbpf CO-RE)"
+else
+  cat /tmp/xdpcni-bpf-build.log >&2
+  echo "setup: the clang build of bpf/ failed (log above)" >&2
+  exit 1
 fi
 
 if ! mountpoint -q /sys/fs/bpf; then

@@ -25,6 +25,8 @@ class NodeAgent:
                 "nsenter",
                 f"--net=/var/run/netns/{node.ns}",
                 os.path.join(VENV_BIN, "xdpcnictl"),
+                "--root",
+                node.pin_root,
                 "agent",
                 "--socket",
                 self.sock,

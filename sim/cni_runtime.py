@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from pyroute2 import netns
 
-from .topology import VENV_BIN, Node, Pod
+from .topology import SIM_NETFILTER, VENV_BIN, Node, Pod
 
 REFERENCE_PLUGINS = "/usr/lib/cni"  # Debian's containernetworking-plugins
 
@@ -116,6 +116,7 @@ def xdpcni_netconf(
         "type": "xdpcni",
         "nic": node.nic,
         "mode": mode,
+        "netfilter": SIM_NETFILTER,
         "bpffsRoot": node.pin_root,
         "dataDir": node.data_dir,
         "agentSocket": "",  # in-process unless a test starts an agent for this node

@@ -30,6 +30,9 @@ WIRE_V6 = ipaddress.ip_network("2001:db8::/64")
 WIRE_HOST_V4 = "198.18.0.1"
 WIRE_HOST_V6 = "2001:db8::1"
 VENV_BIN = os.path.dirname(sys.executable)
+# Simulated nodes start with no netfilter state, so `auto` gives them the fast path until a test
+# (or chained portmap) adds rules; the product's default is `respect` (datapath/netfilter.py).
+SIM_NETFILTER = "auto"
 
 
 def pod_cidrs(node_index: int) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network]:
@@ -111,8 +114,8 @@ class Node:
             timeout=timeout,
         )
 
-    def load(self, mode: str = "tc") -> subprocess.CompletedProcess:
-        res = self.ctl("load", "--nic", self.nic, "--mode", mode)
+    def load(self, mode: str = "tc", netfilter: str = SIM_NETFILTER) -> subprocess.CompletedProcess:
+        res = self.ctl("load", "--nic", self.nic, "--mode", mode, "--netfilter", netfilter)
         self.loaded_mode = mode
         return res
 
@@ -120,7 +123,7 @@ class Node:
         self.ctl("unload", check=False)
         self.loaded_mode = None
 
-    def add_pod(self, name: str | None = None, n: int | None = None) -> Pod:
+    def add_pod(self, name: str | None = None, n: int | None = None, mtu: int = 1500) -> Pod:
         """A pod plumbed and programmed directly through the datapath API (no CNI binary)."""
         n = len(self.pods) + 2 if n is None else n
         name = name or f"p{n}"
@@ -131,7 +134,7 @@ class Node:
         pod = Pod(name, ns, self, ips)
         with entered(self.ns), IPRoute() as ipr:
             host_if = plumbing.host_ifname_for(ns, "eth0")
-            link = plumbing.create_veth(ipr, f"/var/run/netns/{ns}", host_if, "eth0", 1500)
+            link = plumbing.create_veth(ipr, f"/var/run/netns/{ns}", host_if, "eth0", mtu)
             plumbing.configure_pod_side(f"/var/run/netns/{ns}", link, ips)
             plumbing.configure_host_side(ipr, link, ips)
             with IPRoute(netns=f"/var/run/netns/{ns}") as pod_ipr:

@@ -10,6 +10,9 @@
 #define XDPCNI_EP_F_INGRESS_VIA_STACK (1u << 0) /* to the pod: e.g. bandwidth's tbf on the host veth */
 #define XDPCNI_EP_F_EGRESS_VIA_STACK (1u << 1) /* from the pod: e.g. portmap's DNAT (conntrack reverses it) */
 
+/* node_config.flags */
+#define XDPCNI_NODE_F_CONNTRACK (1u << 0) /* conntrack decides per flow (netfilter: respect/auto) */
+
 /* endpoint_key.family */
 #define XDPCNI_FAMILY_IPV4 4
 #define XDPCNI_FAMILY_IPV6 6
@@ -36,7 +39,11 @@ enum xdpcni_reason {
 	REASON_DROP_SPOOF_IP = 16,    /* pod sent with a source IP that is not its own */
 	REASON_DROP_REDIRECT = 17,    /* redirect target missing (map out of step) */
 	REASON_PASS_POLICY = 18,      /* the endpoint's flags send this direction through the stack */
-	__REASON_COUNT = 19,
+	REASON_PASS_MTU = 19,         /* larger than the target's MTU: the stack fragments or sends ICMP */
+	REASON_PASS_CONNTRACK = 20,   /* no assured, established conntrack entry for the flow (yet) */
+	REASON_PASS_NAT = 21,         /* conntrack translates the flow (DNAT, SNAT, IPVS): the stack must */
+	REASON_PASS_PROTO = 22,       /* not TCP/UDP, or TCP SYN/FIN/RST: conntrack must see it */
+	__REASON_COUNT = 23,
 };
 
 /* Every check_*() returns CHECK_OK when the packet may go on towards the fast path, otherwise the

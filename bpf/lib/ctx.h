@@ -2,6 +2,7 @@
 /* Context abstraction (after Cilium's __ctx_buff): the forwarding logic in fwd.h compiles for XDP
  * (XDPCNI_XDP defined) and for TC (struct __sk_buff) from one source. */
 #pragma once
+#include "compat.h"
 #include <linux/pkt_cls.h>
 
 #ifdef XDPCNI_XDP
@@ -37,6 +38,14 @@ static __always_inline int ctx_trim(struct xdp_md *ctx, __u32 len)
 {
 	return bpf_xdp_adjust_tail(ctx, (int)len - (int)ctx_len(ctx));
 }
+/* True when an IP packet of `ip_len` bytes does not fit the MTU of device `ifindex` (node
+ * namespace). XDP frames are never GSO: the IP length is the whole story (VLAN tag excluded). */
+static __always_inline int ctx_check_mtu(struct xdp_md *ctx, __u32 ifindex, __u32 ip_len)
+{
+	__u32 mtu_len = ip_len;
+
+	return bpf_check_mtu(ctx, ifindex, &mtu_len, 0, 0) > 0; /* < 0: no such device (stale endpoint) */
+}
 #else
 #define ctx_buff __sk_buff
 #define CTX_PASS TC_ACT_OK
@@ -67,5 +76,14 @@ static __always_inline void ctx_pull(struct __sk_buff *ctx, __u32 len)
 static __always_inline int ctx_trim(struct __sk_buff *ctx, __u32 len)
 {
 	return bpf_skb_change_tail(ctx, len, 0);
+}
+/* True when the skb does not fit the MTU of device `ifindex` (node namespace). GSO-aware: a
+ * GRO/TSO super-packet passes when each of its segments fits (BPF_MTU_CHK_SEGS, which needs
+ * mtu_len 0 = the skb's own length). */
+static __always_inline int ctx_check_mtu(struct __sk_buff *ctx, __u32 ifindex, __u32 ip_len)
+{
+	__u32 mtu_len = 0;
+
+	return bpf_check_mtu(ctx, ifindex, &mtu_len, 0, BPF_MTU_CHK_SEGS) > 0; /* < 0: no such device */
 }
 #endif

@@ -3,10 +3,16 @@
  * parse_<header>() per header; each bounds-checks, advances the cursor and returns the next
  * protocol (host order for ethertypes), or -1 when the header does not fit in the packet. */
 #pragma once
+#include "compat.h"
 #include <linux/if_ether.h>
 #include <linux/if_vlan.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
+
+/* The kernel-internal <linux/if_vlan.h> (BCC) has it; the uapi one (clang build) does not. */
+#ifndef VLAN_VID_MASK
+#define VLAN_VID_MASK 0x0fff
+#endif
 
 struct hdr_cursor {
 	void *pos;

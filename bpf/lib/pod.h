@@ -3,6 +3,7 @@
  * shared IP rules of fwd.h. Same convention as every check_*(): CHECK_OK or the deciding reason. */
 #pragma once
 #include "fwd.h"
+#include "conntrack.h"
 
 /* The source key of an IP packet; 1 when the source is one the stack must see (DHCP 0.0.0.0,
  * IPv6 unspecified or link-local used by neighbour discovery), -1 when truncated. */
@@ -49,7 +50,7 @@ static __always_inline int check_pod_source(struct ethhdr *eth, int proto, void 
 		return REASON_PASS_BAD_HEADER;
 	if (r > 0)
 		return CHECK_OK; /* no routable source: the IP rules send it to the stack */
-	src_ep = endpoints.lookup(&src);
+	src_ep = endpoints_lookup(&src);
 	if (!src_ep || src_ep->ifindex != ifindex)
 		return REASON_DROP_SPOOF_IP;
 	if (src_ep->flags & XDPCNI_EP_F_EGRESS_VIA_STACK)

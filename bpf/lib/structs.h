@@ -32,7 +32,7 @@ struct node_config {
 	__u32 nic_ifindex; /* the NIC the node programs are attached to */
 	__u8 nic_mac[6];   /* only unicast frames to this MAC take the fast path */
 	__u16 vlan_id;     /* 802.1Q VLAN carried on the NIC for pods, 0 = none */
-	__u32 flags;       /* reserved, zero */
+	__u32 flags;       /* XDPCNI_NODE_F_*, written by the loader and the netfilter sync */
 	__u32 pad;
 };
 

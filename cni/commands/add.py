@@ -84,6 +84,7 @@ def run(env: CniEnv, conf: NetConf) -> dict:
     node_cfg = conf.node()
     root = conf.root
     node.ensure_loaded(node_cfg, root)
+    node.sync_netfilter(root)
     testhook.step("datapath")
 
     records = record_store(conf)

@@ -37,6 +37,7 @@ def test_constants_match_c():
     assert _c_define("XDPCNI_REASON_MAX") == abi.REASON_MAX
     assert _c_define("XDPCNI_EP_F_INGRESS_VIA_STACK") == abi.EP_F_INGRESS_VIA_STACK
     assert _c_define("XDPCNI_EP_F_EGRESS_VIA_STACK") == abi.EP_F_EGRESS_VIA_STACK
+    assert _c_define("XDPCNI_NODE_F_CONNTRACK") == abi.NODE_F_CONNTRACK
 
 
 def _c_struct_fields() -> dict[str, list[str]]:
