@@ -5,6 +5,10 @@ the agent pays that once. The executable (cni/client.py) hands over env + stdin 
 socket and prints the reply; if no agent answers it runs the same code in-process, so the
 agent is an accelerator, never a dependency.
 
+It also keeps the conntrack gate honest while it runs: `netfilter: auto` is re-decided every
+second, and the fast path's TCP flows are marked liberal in conntrack as they become established
+(datapath/ctliberal.py), which the gate requires of TCP unless nf_conntrack_tcp_be_liberal=1.
+
 Requests are served one at a time, in the order they arrive: verbs take node-wide locks anyway,
 and one thread keeps setns()/netlink state simple. The agent must run in the node's network
 namespace; a client from another namespace is told to fall back.
@@ -78,6 +82,55 @@ def watch_netfilter(roots: list[str], stop: threading.Event, log, period: float 
                 last[root] = on
 
 
+def endpoint_flow(roots: list[str]):
+    """accept() for the liberal marker: an untranslated flow (reply tuple = the inverse of the
+    original) with a local pod at one end, the only kind the fast path takes. Other flows keep
+    conntrack's full TCP window tracking."""
+    from datapath import abi
+    from datapath.ctliberal import NFCTAttrTuple
+    from datapath.maps import PinnedMap
+    from datapath.pins import PinLayout
+
+    def accept(entry) -> bool:
+        fam = entry["nfgen_family"]
+        orig = NFCTAttrTuple.from_netlink(fam, entry.get_attr("CTA_TUPLE_ORIG"))
+        reply = NFCTAttrTuple.from_netlink(fam, entry.get_attr("CTA_TUPLE_REPLY"))
+        if (reply.saddr, reply.daddr, reply.sport, reply.dport) != (
+            orig.daddr,
+            orig.saddr,
+            orig.dport,
+            orig.sport,
+        ):
+            return False
+        for root in roots:
+            layout = PinLayout(root)
+            if not layout.is_loaded():
+                continue
+            with PinnedMap(layout, "endpoints") as eps:
+                for ip in (orig.saddr, orig.daddr):
+                    if eps.get(abi.EndpointKey.for_ip(ip)) is not None:
+                        return True
+        return False
+
+    return accept
+
+
+def start_liberal_marker(roots: list[str], log):
+    """Per-flow liberal TCP window tracking for the flows the conntrack gate lets through (see
+    datapath/ctliberal.py): event-driven, ~1-2 ms after a flow becomes ASSURED. None when
+    ctnetlink is unavailable (the gate then keeps those TCP flows on the stack)."""
+    from datapath.ctliberal import LiberalMarker
+
+    marker = LiberalMarker(accept=endpoint_flow(roots))
+    try:
+        marker.start()
+    except Exception as exc:
+        log(f"conntrack liberal marker not started ({exc}): established TCP stays on the stack")
+        return None
+    log("conntrack liberal marker: marking the fast path's TCP flows as they become established")
+    return marker
+
+
 def serve(path: str = client.DEFAULT_SOCKET, log=None, roots: list[str] | None = None) -> int:
     log = log or (lambda m: print(f"xdpcni-agent: {m}", flush=True))
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -109,11 +162,11 @@ def serve(path: str = client.DEFAULT_SOCKET, log=None, roots: list[str] | None =
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1) or srv.close())
     log(f"serving CNI verbs on {path} (pid {os.getpid()})")
+    roots = roots or [DEFAULT_ROOT]
     stop_watch = threading.Event()
-    watcher = threading.Thread(
-        target=watch_netfilter, args=(roots or [DEFAULT_ROOT], stop_watch, log), daemon=True
-    )
+    watcher = threading.Thread(target=watch_netfilter, args=(roots, stop_watch, log), daemon=True)
     watcher.start()
+    marker = start_liberal_marker(roots, log)
     try:
         while not stopping:
             try:
@@ -126,6 +179,8 @@ def serve(path: str = client.DEFAULT_SOCKET, log=None, roots: list[str] | None =
         pass
     finally:
         stop_watch.set()
+        if marker is not None:
+            marker.stop()
         srv.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

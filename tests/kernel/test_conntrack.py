@@ -506,6 +506,47 @@ def test_established_tcp_bulk_takes_the_fast_path_and_closes_cleanly(gate_env, d
         sysctl(node.ns, "net.netfilter.nf_conntrack_tcp_be_liberal", "0")
 
 
+def _read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read()
+
+
+def test_the_agent_marks_established_flows_liberal_so_tcp_takes_the_fast_path(gate_env):
+    """The node-wide sysctl stays 0: the node agent marks the flow liberal through ctnetlink as it
+    becomes established, the gate then lets it through, and the close is still clean."""
+    from datapath import ctliberal
+    from sim.agent import NodeAgent
+
+    c = gate_env
+    node = c.nodes[0]
+    pod = node.pods[0]
+    sysctl(node.ns, "net.netfilter.nf_conntrack_tcp_be_liberal", "0")
+    conntrack(node.ns, "-F", check=False)
+    agent = NodeAgent(node)
+    try:
+        deadline = time.monotonic() + 10
+        while "liberal marker" not in _read(agent.log_path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        inv0 = _nft_invalid_drops(node.ns)
+        with Stats(node.pin_root) as st:
+            fast0 = st.packets(pod.ep.ep_id, Reason.FWD_POD_TO_NIC)
+        assert _bulk(pod.ns, c.wire, WIRE_HOST_V4, 16 << 20, 47203) == 16 << 20
+        with Stats(node.pin_root) as st:
+            fast = st.packets(pod.ep.ep_id, Reason.FWD_POD_TO_NIC) - fast0
+        assert fast > 0, "the flow never took the fast path"
+        assert _nft_invalid_drops(node.ns) == inv0, "conntrack marked packets INVALID"
+        with entered(node.ns), ctliberal.CTConn() as conn:
+            flows = [
+                e
+                for e in ctliberal.dump_tcp(conn, socket.AF_INET, assured_only=False)
+                if ctliberal.entry_tuple(e).dport == 47203
+            ]
+        assert flows and all(ctliberal.is_liberal(e) for e in flows)
+    finally:
+        agent.stop()
+    assert "conntrack liberal marker:" in _read(agent.log_path)
+
+
 def test_without_liberal_window_tracking_tcp_stays_on_the_stack(gate_env):
     """Window tracking on and nobody marking flows liberal: conntrack would see a FIN that ACKs
     data it never saw and call it INVALID, so established TCP is left to the stack: the transfer
