@@ -1,58 +1,62 @@
-"""flock(2) with a deadline: the kernel drops the lock when its holder dies (even by SIGKILL),
-so a crashed plugin never wedges the node; a holder that is merely slow yields code 11."""
+"""The CNI's locks (datapath/locks.py: flock with a deadline) and atomic file writes.
+
+Every lock a verb takes waits at most the network config's `lockTimeout` (default
+datapath.locks.DEFAULT_TIMEOUT) and then fails with code 11 naming the holder.
+"""
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
-import time
+import threading
 from contextlib import contextmanager
 
-from .errors import TRY_AGAIN_LATER, CniError
+from datapath import locks
+
+from .errors import IO_FAILURE, TRY_AGAIN_LATER, CniError
+
+
+def lock_error(exc: locks.LockTimeout) -> CniError:
+    return CniError(TRY_AGAIN_LATER, str(exc), f"lock: {exc.path}; holder: {exc.holder}")
 
 
 @contextmanager
-def flocked(path: str, timeout: float = 60.0, what: str = "lock"):
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def flocked(path: str, what: str = "lock", timeout: float | None = None, remove: bool = False, is_dir=False):
     try:
-        deadline = time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
-            if time.monotonic() >= deadline:
-                raise CniError(
-                    TRY_AGAIN_LATER, f"timed out after {timeout:.0f}s waiting for the {what}", path
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+        with locks.flocked(path, what, timeout, remove=remove, is_dir=is_dir):
+            yield
+    except locks.LockTimeout as exc:
+        raise lock_error(exc) from None
 
 
 def write_atomic(path: str, data: str, exclusive: bool = False) -> None:
-    """Write via a temporary file so a reader (or a crash) never sees half a file.
+    """Write via a temporary file so a reader (or a crash) never sees half a file; a failed write
+    (full disk) leaves no temporary behind and raises code 5.
 
     exclusive=True fails with FileExistsError when `path` exists (link(2) never overwrites).
     """
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    tmp = f"{path}.tmp{os.getpid()}-{threading.get_native_id()}"
     try:
-        if exclusive:
-            os.link(tmp, path)
-        else:
-            os.replace(tmp, path)
-            tmp = ""
-    finally:
-        if tmp:
-            os.unlink(tmp)
+        try:
+            with open(tmp, "w") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if exclusive:
+                os.link(tmp, path)
+            else:
+                os.replace(tmp, path)
+                tmp = ""
+        finally:
+            if tmp:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+    except (FileExistsError, FileNotFoundError):
+        raise
+    except OSError as exc:
+        raise CniError(
+            IO_FAILURE,
+            f"cannot write {path}: {exc.strerror or exc}",
+            "free space on that filesystem (or fix its permissions), then retry",
+        ) from exc

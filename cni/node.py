@@ -8,9 +8,11 @@ exactly one compile.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+from datapath import locks
 from datapath.config import NodeConfig
 from datapath.pins import PinLayout
 
@@ -46,7 +48,12 @@ def ensure_loaded(node: NodeConfig | None, root: str) -> bool:
             f"datapath not loaded under {root} and no NIC configured to load it",
             'set "nic" (or "nodeConfig") in the network config, or run `xdpcnictl load`',
         )
-    with flocked(PinLayout(root).lock_file(".load"), LOAD_TIMEOUT, "datapath load lock"):
+    # The lock is a flock on the pin root's parent directory in bpffs (loads of sibling roots
+    # take turns; loads are rare): nothing is left in /run when the datapath is unloaded.
+    parent = os.path.dirname(root.rstrip("/"))
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    timeout = locks.configured_timeout() or LOAD_TIMEOUT
+    with flocked(parent, f"datapath load lock for {root}", timeout, is_dir=True):
         if is_loaded(root):  # another ADD loaded it while we waited
             return False
         cmd = [sys.executable, "-m", "datapath.loader"]

@@ -9,13 +9,11 @@ Must run in the node's network namespace: DEVMAP updates resolve ifindexes in th
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import ipaddress
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from . import abi
+from . import abi, locks
 from .maps import PerCpuArray, PinnedMap
 from .pins import DEFAULT_ROOT, PinLayout
 
@@ -64,15 +62,11 @@ class EndpointTable:
 
     @contextmanager
     def _locked(self):
-        """Serialise ep_id allocation between concurrent CNI processes on this node."""
-        path = self.layout.lock_file()
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        """Serialise ep_id allocation between concurrent CNI processes (and agent threads) on this
+        node. The lock is a flock on the pinned maps directory itself, so nothing is left behind
+        when the datapath is unloaded; it has a deadline (locks.LockTimeout names the holder)."""
+        with locks.flocked(self.layout.maps_dir, "endpoint map lock", is_dir=True):
             yield
-        finally:
-            os.close(fd)
 
     def add(self, ep: Endpoint) -> Endpoint:
         """Insert (or refresh) the endpoint; returns it with its ep_id assigned."""
