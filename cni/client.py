@@ -24,7 +24,7 @@ def socket_path(environ: dict[str, str], stdin: bytes) -> str:
         conf = json.loads(stdin)
         if isinstance(conf, dict) and isinstance(conf.get("agentSocket"), str):
             return conf["agentSocket"]
-    except ValueError:
+    except Exception:  # not JSON, nested too deeply, ...: the verb reports it (code 6)
         pass
     return environ.get("XDPCNI_AGENT_SOCKET", DEFAULT_SOCKET)
 
@@ -56,15 +56,15 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 def via_agent(environ: dict[str, str], stdin: bytes) -> tuple[int, str, str] | None:
     """(rc, stdout, stderr) from the agent, or None to run in-process (no agent, not ours)."""
     path = socket_path(environ, stdin)
-    if not path or not os.path.exists(path):
-        return None
+    if not path or "\0" in path or not path.startswith("/") or not os.path.exists(path):
+        return None  # a malformed path is the verb's to report (code 7)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(TIMEOUT)
     try:
         try:
             sock.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            return None  # stale socket of a dead agent
+        except OSError:
+            return None  # stale socket of a dead agent, not a socket, too long a path
         request = {
             "env": {k: v for k, v in environ.items() if k.startswith("CNI_")},
             "stdin": stdin.decode(errors="surrogateescape"),

@@ -27,6 +27,7 @@ IPAM_EXHAUSTED = 103  # no free address left in a range set
 IPAM_DELEGATE = 104  # the delegated IPAM plugin failed without a spec error object
 ALREADY_EXISTS = 105  # ADD for a container/ifname that already has an attachment: DEL it first
 CHECK_FAILED = 106  # CHECK found the attachment differing from prevResult or the node state
+ADDRESS_IN_USE = 107  # the (delegated) IPAM gave an address that is live on this node for another pod
 
 
 class CniError(Exception):

@@ -34,58 +34,76 @@ Operator tool for the node datapath: xdpcnictl --help.
 
 
 def _dispatch(environ: dict[str, str], stdin: bytes) -> dict | None:
+    from datapath import locks
+
     from . import env as cni_env
     from . import netconf, version
 
     env = cni_env.from_environ(environ)
     if env.command == "VERSION":
-        requested = None
-        try:
-            requested = json.loads(stdin or b"{}").get("cniVersion")
-        except (ValueError, AttributeError):
-            pass
-        return version.version_result(requested if isinstance(requested, str) else None)
+        return version.version_result(_requested_version(stdin))
 
     data = netconf.decode(stdin)
     conf = netconf.parse(data, env.command)
     version.require_supported(conf.cni_version, env.command)
-    if env.command == "ADD":
-        from .commands import add
+    if env.command in ("ADD", "CHECK"):
+        cni_env.check_netns(env.netns)
+    with locks.deadline(conf.lock_timeout):
+        return _run_verb(env, conf)
 
-        return add.run(env, conf)
-    if env.command == "DEL":
-        from .commands import delete
 
-        delete.run(env, conf)
-    elif env.command == "CHECK":
-        from .commands import check
+def _run_verb(env, conf) -> dict | None:
+    from datapath.locks import LockTimeout
 
-        check.run(env, conf)
-    elif env.command == "GC":
-        from .commands import gc
+    from .locking import lock_error
 
-        removed = gc.run(env, conf)["removed"]
-        if removed:
-            print(f"xdpcni GC: removed attachments of {', '.join(removed)}", file=sys.stderr)
-    elif env.command == "STATUS":
-        from .commands import status
+    try:
+        if env.command == "ADD":
+            from .commands import add
 
-        status.run(env, conf)
+            return add.run(env, conf)
+        if env.command == "DEL":
+            from .commands import delete
+
+            delete.run(env, conf)
+        elif env.command == "CHECK":
+            from .commands import check
+
+            check.run(env, conf)
+        elif env.command == "GC":
+            from .commands import gc
+
+            removed = gc.run(env, conf)["removed"]
+            if removed:
+                print(f"xdpcni GC: removed attachments of {', '.join(removed)}", file=sys.stderr)
+        elif env.command == "STATUS":
+            from .commands import status
+
+            status.run(env, conf)
+    except LockTimeout as exc:  # a datapath lock (the CNI's own locks raise CniError already)
+        raise lock_error(exc) from None
     return None
+
+
+def _requested_version(stdin: bytes) -> str | None:
+    """cniVersion from stdin if it is a JSON object that has one; None for anything else."""
+    try:
+        v = json.loads(stdin or b"{}").get("cniVersion")
+    except Exception:  # not JSON, not an object, nested too deeply: VERSION still answers
+        return None
+    return v if isinstance(v, str) else None
 
 
 def _error_version(stdin: bytes) -> str:
     from . import version
 
-    try:
-        v = json.loads(stdin).get("cniVersion")
-        return v if v in version.SUPPORTED_VERSIONS else version.LATEST
-    except Exception:
-        return version.LATEST
+    v = _requested_version(stdin)
+    return v if v in version.SUPPORTED_VERSIONS else version.LATEST
 
 
 def execute(environ: dict[str, str], stdin: bytes) -> tuple[int, str]:
-    """Run one verb in this process: (exit code, stdout text). Diagnostics go to stderr."""
+    """Run one verb in this process: (exit code, stdout text). Diagnostics go to stderr. Whatever
+    the input, a failure is exactly one spec error object and exit code 1."""
     from .errors import INTERNAL, CniError
 
     try:
@@ -97,7 +115,7 @@ def execute(environ: dict[str, str], stdin: bytes) -> tuple[int, str]:
         import traceback
 
         traceback.print_exc(file=sys.stderr)
-        err = CniError(INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        err = CniError(INTERNAL, f"internal error: {type(exc).__name__}: {str(exc)[:500]}")
         return 1, json.dumps(err.to_dict(_error_version(stdin)))
     return 0, json.dumps(out) if out is not None else ""
 
@@ -119,8 +137,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xdpcni CNI plugin, spec versions {', '.join(SUPPORTED_VERSIONS)}")
         return 0
     environ = dict(os.environ)
-    stdin = b"" if environ.get("CNI_COMMAND") == "VERSION" and sys.stdin.isatty() else sys.stdin.buffer.read()
-    reply = client.via_agent(environ, stdin) if environ.get("CNI_COMMAND") != "VERSION" else None
+    try:
+        stdin = (
+            b"" if environ.get("CNI_COMMAND") == "VERSION" and sys.stdin.isatty() else sys.stdin.buffer.read()
+        )
+    except (OSError, ValueError, AttributeError):
+        stdin = b""
+    reply = None
+    if environ.get("CNI_COMMAND") != "VERSION":
+        try:
+            reply = client.via_agent(environ, stdin)
+        except Exception as exc:  # the agent path is an accelerator: run here instead
+            print(f"xdpcni: node agent not used: {type(exc).__name__}: {exc}", file=sys.stderr)
     if reply is not None:
         rc, stdout, stderr = reply
         if stderr:

@@ -8,6 +8,7 @@ reads them.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -15,12 +16,19 @@ from datapath import config as node_config
 from datapath.config import MODES, NETFILTER_MODES, ConfigError, NodeConfig
 from datapath.pins import DEFAULT_ROOT
 
+from .env import validate_ifname
 from .errors import DECODE_FAILURE, INVALID_NETCONF, CniError
 from .ipam.ranges import RangeSet, parse_range_sets
+from .result import Result
 
 DEFAULT_DATA_DIR = "/var/lib/cni/xdpcni"
 BUILTIN_IPAM = "xdpcni"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# Spec: starts with an alphanumeric, then alphanumerics, '_', '.', '-'; fullmatch, because `$`
+# accepts a trailing newline. The name is a directory name under dataDir: at most 255 bytes.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+NAME_MAX = 255
+PATH_MAX = 1024  # our own limit for configured paths (dataDir, nodeConfig, bpffsRoot)
+LOCK_TIMEOUT_MAX = 3600.0
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 
 
@@ -53,6 +61,7 @@ class NetConf:
     dns: dict = field(default_factory=dict)
     prev_result: dict | None = None
     valid_attachments: list[tuple[str, str]] | None = None
+    lock_timeout: float | None = None  # seconds every lock of a verb waits (datapath/locks.py)
 
     def node(self, require_nic: bool = False) -> NodeConfig | None:
         """Datapath settings: the node config YAML (`nodeConfig`, else the installed default)
@@ -97,6 +106,8 @@ def decode(stdin: bytes) -> dict:
         data = json.loads(stdin)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CniError(DECODE_FAILURE, "network configuration is not valid JSON", str(exc)) from exc
+    except RecursionError:
+        raise CniError(DECODE_FAILURE, "network configuration is nested too deeply to decode") from None
     if not isinstance(data, dict):
         raise CniError(DECODE_FAILURE, "network configuration must be a JSON object")
     return data
@@ -109,6 +120,55 @@ def _opt(data: dict, key: str, typ, what: str):
     if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
         raise CniError(INVALID_NETCONF, f"{key}: must be {what}, got {val!r}")
     return val
+
+
+def _path(data: dict, key: str, what: str = "an absolute path") -> str | None:
+    """A configured path: absolute, normalised (no "." or ".." components), no NUL."""
+    val = _opt(data, key, str, what)
+    if val is None:
+        return None
+    if "\0" in val:
+        raise CniError(INVALID_NETCONF, f"{key}: {val!r} contains a NUL character")
+    if not val.startswith("/") or os.path.normpath(val) != val.rstrip("/") or val.startswith("//"):
+        raise CniError(INVALID_NETCONF, f"{key}: {val!r} must be a normalised absolute path (no . or ..)")
+    if len(val) > PATH_MAX or any(len(p.encode(errors="surrogateescape")) > NAME_MAX for p in val.split("/")):
+        raise CniError(INVALID_NETCONF, f"{key}: {val[:80]!r}... is too long")
+    return val
+
+
+def _ifname(data: dict, key: str) -> str | None:
+    val = _opt(data, key, str, "an interface name")
+    if val is not None:
+        try:
+            validate_ifname(val, key)
+        except CniError as exc:
+            raise CniError(INVALID_NETCONF, exc.msg, exc.details) from None
+    return val
+
+
+def _runtime_config(data: dict) -> None:
+    rc = _opt(data, "runtimeConfig", dict, "an object")
+    if rc is None:
+        return
+    pm = rc.get("portMappings")
+    if pm is not None and not isinstance(pm, list):
+        raise CniError(INVALID_NETCONF, f"runtimeConfig.portMappings: must be a list, got {pm!r}")
+    bw = rc.get("bandwidth")
+    if bw is not None and not isinstance(bw, dict):
+        raise CniError(INVALID_NETCONF, f"runtimeConfig.bandwidth: must be an object, got {bw!r}")
+
+
+def _prev_result(data: dict, needed: bool) -> dict | None:
+    prev = _opt(data, "prevResult", dict, "an object")
+    if prev is None or not needed:
+        return prev
+    try:
+        Result.from_json(prev, strict=True)
+    except ValueError as exc:
+        raise CniError(
+            INVALID_NETCONF, f"prevResult: {exc}", "pass the previous plugin's result unchanged"
+        ) from None
+    return prev
 
 
 def _ipam(data: dict, needed: bool) -> IpamConf | None:
@@ -148,8 +208,12 @@ def parse(data: dict, verb: str) -> NetConf:
     for key in ("cniVersion", "name", "type"):
         if not isinstance(data.get(key), str) or not data[key]:
             raise CniError(INVALID_NETCONF, f"{key}: required string field is missing")
-    if not NAME_RE.match(data["name"]):
-        raise CniError(INVALID_NETCONF, f"name: {data['name']!r} is not a valid network name")
+    if not NAME_RE.fullmatch(data["name"]) or len(data["name"].encode(errors="surrogateescape")) > NAME_MAX:
+        raise CniError(
+            INVALID_NETCONF,
+            f"name: {data['name'][:80]!r} is not a valid network name",
+            f"1..{NAME_MAX} characters: a letter or digit, then letters, digits, '_', '.' or '-'",
+        )
     mode = _opt(data, "mode", str, "a string")
     if mode is not None and mode not in MODES:
         raise CniError(INVALID_NETCONF, f"mode: {mode!r} is not one of {', '.join(MODES)}")
@@ -162,24 +226,39 @@ def parse(data: dict, verb: str) -> NetConf:
     if mtu is not None and not 576 <= mtu <= 3506:
         raise CniError(INVALID_NETCONF, f"mtu: {mtu} must be 576..3506 (veth native XDP limit)")
     vlan = _opt(data, "vlan", int, "an integer")
-    root = _opt(data, "bpffsRoot", str, "a path")
+    if vlan is not None and not 0 <= vlan <= 4094:
+        raise CniError(INVALID_NETCONF, f"vlan: {vlan} must be 0..4094")
+    root = _path(data, "bpffsRoot")
     if root is not None and not root.startswith("/sys/fs/bpf/"):
         raise CniError(INVALID_NETCONF, f"bpffsRoot: {root!r} must be under /sys/fs/bpf/")
-    data_dir = _opt(data, "dataDir", str, "a path") or DEFAULT_DATA_DIR
-    if not data_dir.startswith("/"):
-        raise CniError(INVALID_NETCONF, f"dataDir: {data_dir!r} must be an absolute path")
-    prev = _opt(data, "prevResult", dict, "an object")
-    _opt(data, "agentSocket", str, 'a path ("" disables the agent)')
+    data_dir = _path(data, "dataDir") or DEFAULT_DATA_DIR
+    node_conf = _path(data, "nodeConfig")
+    prev = _prev_result(data, needed=verb in ("ADD", "CHECK"))
+    sock = _opt(data, "agentSocket", str, 'a path ("" disables the agent)')
+    if sock and (
+        "\0" in sock or not sock.startswith("/") or len(sock.encode(errors="surrogateescape")) > 107
+    ):
+        raise CniError(
+            INVALID_NETCONF, f"agentSocket: {sock[:80]!r} must be an absolute path of <= 107 bytes"
+        )
+    _runtime_config(data)
+    lock_timeout = _opt(data, "lockTimeout", (int, float), "a number of seconds")
+    if lock_timeout is not None and (
+        isinstance(lock_timeout, bool) or not 0 < lock_timeout <= LOCK_TIMEOUT_MAX
+    ):
+        raise CniError(
+            INVALID_NETCONF, f"lockTimeout: {lock_timeout!r} must be > 0 and <= {LOCK_TIMEOUT_MAX:.0f}"
+        )
     return NetConf(
         cni_version=data["cniVersion"],
         name=data["name"],
         type=data["type"],
         ipam=_ipam(data, needed=verb in ("ADD", "CHECK")),
         raw=data,
-        nic=_opt(data, "nic", str, "an interface name"),
+        nic=_ifname(data, "nic"),
         mode=mode,
         bpffs_root=root,
-        node_config=_opt(data, "nodeConfig", str, "a path"),
+        node_config=node_conf,
         vlan=vlan,
         mtu=mtu,
         netfilter=netfilter,
@@ -187,4 +266,5 @@ def parse(data: dict, verb: str) -> NetConf:
         dns=_opt(data, "dns", dict, "an object") or {},
         prev_result=prev,
         valid_attachments=_valid_attachments(data),
+        lock_timeout=float(lock_timeout) if lock_timeout is not None else None,
     )

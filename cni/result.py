@@ -79,16 +79,65 @@ class Result:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> Result:
-        """Tolerant reader for a prevResult of any supported version."""
+    def from_json(cls, data: dict, strict: bool = False) -> Result:
+        """Reader for a prevResult of any supported version. strict=True raises ValueError naming
+        the first malformed field (netconf turns it into code 7); otherwise malformed entries are
+        skipped."""
+
+        def bad(msg: str):
+            if strict:
+                raise ValueError(msg)
+
+        def items(key: str) -> list:
+            val = data.get(key)
+            if val is None:
+                return []
+            if not isinstance(val, list):
+                bad(f"{key} must be a list")
+                return []
+            out = []
+            for i, item in enumerate(val):
+                if isinstance(item, dict):
+                    out.append(item)
+                else:
+                    bad(f"{key}[{i}] must be an object")
+            return out
+
+        def text(item: dict, key: str, where: str) -> str:
+            val = item.get(key, "")
+            if not isinstance(val, str):
+                bad(f"{where}.{key} must be a string")
+                return ""
+            return val
+
         res = cls()
-        for i in data.get("interfaces") or []:
+        for n, i in enumerate(items("interfaces")):
+            w = f"interfaces[{n}]"
+            mtu = i.get("mtu")
+            if mtu is not None and (not isinstance(mtu, int) or isinstance(mtu, bool)):
+                bad(f"{w}.mtu must be an integer")
+                mtu = None
             res.interfaces.append(
-                Interface(i.get("name", ""), i.get("mac", ""), i.get("sandbox", ""), i.get("mtu"))
+                Interface(text(i, "name", w), text(i, "mac", w), text(i, "sandbox", w), mtu)
             )
-        for ip in data.get("ips") or []:
-            res.ips.append(IPConfig(ip.get("address", ""), ip.get("gateway", ""), ip.get("interface")))
-        for r in data.get("routes") or []:
-            res.routes.append(Route(r.get("dst", ""), r.get("gw", "")))
-        res.dns = dict(data.get("dns") or {})
+        for n, ip in enumerate(items("ips")):
+            w = f"ips[{n}]"
+            addr = text(ip, "address", w)
+            try:
+                ipaddress.ip_interface(addr)
+            except ValueError:
+                bad(f"{w}.address {addr!r} is not an address in CIDR notation")
+                continue
+            iface = ip.get("interface")
+            if iface is not None and (not isinstance(iface, int) or isinstance(iface, bool) or iface < 0):
+                bad(f"{w}.interface must be a non-negative integer")
+                iface = None
+            res.ips.append(IPConfig(addr, text(ip, "gateway", w), iface))
+        for n, r in enumerate(items("routes")):
+            res.routes.append(Route(text(r, "dst", f"routes[{n}]"), text(r, "gw", f"routes[{n}]")))
+        dns = data.get("dns")
+        if dns is not None and not isinstance(dns, dict):
+            bad("dns must be an object")
+            dns = None
+        res.dns = dict(dns or {})
         return res
