@@ -41,9 +41,45 @@ class PodLink:
     pod_mac: str
 
 
-def host_ifname_for(container_id: str, ifname: str) -> str:
-    """Deterministic, so DEL finds the veth from the container id alone (IFNAMSIZ is 16)."""
-    return "xc" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:11]
+def host_ifname_for(container_id: str, ifname: str, network: str | None = None) -> str:
+    """Deterministic, so DEL finds the veth from its key alone (IFNAMSIZ is 16). Named per
+    (network, container id, ifname): the same container on two networks gets two veths.
+    (network=None: the simulator's hand-made pods, which belong to no network.)"""
+    key = f"{container_id}/{ifname}" if network is None else f"{network}\0{container_id}\0{ifname}"
+    return "xc" + hashlib.sha256(key.encode(errors="surrogateescape")).hexdigest()[:11]
+
+
+def owner_mark(network: str, container_id: str, ifname: str) -> str:
+    """The ownership mark ADD writes as the host veth's ifalias: DEL and GC delete a link only
+    when it carries the mark of the attachment they undo (never the NIC, never another pod's)."""
+    digest = hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode(errors="surrogateescape"))
+    readable = f" {network[:64]}/{container_id[:64]}/{ifname.encode('unicode_escape').decode()}"
+    return f"xdpcni:{digest.hexdigest()[:32]}{readable}"[:255]
+
+
+def link_owner_ok(ipr: IPRoute, idx: int, mark: str | None) -> bool:
+    """True when link `idx` carries `mark` (or mark is None: no ownership requirement). A veth
+    named like ours without any alias is a crash between creating and marking it: ours too."""
+    if mark is None:
+        return True
+    try:
+        link = ipr.get_links(idx)[0]
+    except NetlinkError:
+        return False
+    alias = link.get_attr("IFLA_IFALIAS") or ""
+    if alias:
+        return alias.split(" ", 1)[0] == mark.split(" ", 1)[0]
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    return kind == "veth"
+
+
+def pod_netns(netns_path: str) -> IPRoute:
+    """An IPRoute bound to a pod's namespace that never creates it (pyroute2's default is
+    O_CREAT: a missing namespace would silently become a new empty one with a bind mount)."""
+    if not os.path.exists(netns_path):
+        raise PlumbingError(f"network namespace {netns_path} does not exist")
+    return IPRoute(netns=netns_path, flags=0)
 
 
 def _open_netns(netns_path: str) -> int:
@@ -53,12 +89,22 @@ def _open_netns(netns_path: str) -> int:
         raise PlumbingError(f"network namespace {netns_path} does not exist") from exc
 
 
-def create_veth(ipr: IPRoute, netns_path: str, host_ifname: str, pod_ifname: str, mtu: int) -> PodLink:
-    """Create the pair in the node namespace, move the pod end into the pod and name it there."""
+def create_veth(
+    ipr: IPRoute,
+    netns_path: str,
+    host_ifname: str,
+    pod_ifname: str,
+    mtu: int,
+    mark: str | None = None,
+    created: list | None = None,
+) -> PodLink:
+    """Create the pair in the node namespace, mark the host end as ours (ifalias), move the pod
+    end into the pod and name it there. `created` gets the host ifindex appended as soon as the
+    pair exists (the caller's rollback deletes exactly that link, never a same-named other)."""
     tmp_peer = "xt" + host_ifname[2:]
     nsfd = _open_netns(netns_path)
     try:
-        with IPRoute(netns=netns_path) as pod:
+        with pod_netns(netns_path) as pod:
             if pod.link_lookup(ifname=pod_ifname):
                 raise PlumbingError(f"interface {pod_ifname} already exists in {netns_path}")
         try:
@@ -67,11 +113,16 @@ def create_veth(ipr: IPRoute, netns_path: str, host_ifname: str, pod_ifname: str
             if exc.code == errno.EEXIST:
                 raise PlumbingError(f"host interface {host_ifname} already exists") from exc
             raise
+        host_idx = ipr.link_lookup(ifname=host_ifname)[0]
+        if created is not None:
+            created.append(host_idx)
+        if mark:
+            ipr.link("set", index=host_idx, ifalias=mark)
         peer_idx = ipr.link_lookup(ifname=tmp_peer)[0]
         ipr.link("set", index=peer_idx, net_ns_fd=nsfd)
     finally:
         os.close(nsfd)
-    with IPRoute(netns=netns_path) as pod:
+    with pod_netns(netns_path) as pod:
         idx = pod.link_lookup(ifname=tmp_peer)[0]
         pod.link("set", index=idx, ifname=pod_ifname)
         pod_mac = pod.get_links(idx)[0].get_attr("IFLA_ADDRESS")
@@ -82,7 +133,7 @@ def create_veth(ipr: IPRoute, netns_path: str, host_ifname: str, pod_ifname: str
 
 def configure_pod_side(netns_path: str, link: PodLink, ips: list[str]) -> None:
     """Addresses, link-local gateways with permanent neighbours, default routes."""
-    with IPRoute(netns=netns_path) as pod:
+    with pod_netns(netns_path) as pod:
         lo = pod.link_lookup(ifname="lo")[0]
         pod.link("set", index=lo, state="up")
         idx = link.pod_ifindex
@@ -120,16 +171,24 @@ def configure_host_side(ipr: IPRoute, link: PodLink, ips: list[str]) -> None:
         ipr.neigh("replace", dst=str(ip), lladdr=link.pod_mac, ifindex=link.host_ifindex, state=NUD_PERMANENT)
 
 
-def find_host_link(ipr: IPRoute, host_ifname: str) -> int | None:
+def find_host_link(ipr: IPRoute, host_ifname: str, mark: str | None = None) -> int | None:
+    """ifindex of our host veth, or None when it is missing or does not carry `mark`."""
     found = ipr.link_lookup(ifname=host_ifname)
-    return found[0] if found else None
+    if not found or not link_owner_ok(ipr, found[0], mark):
+        return None
+    return found[0]
 
 
-def delete_host_link(ipr: IPRoute, host_ifname: str) -> bool:
-    """Deleting the host end removes the pair, its routes and neighbours; gone already is fine."""
-    idx = find_host_link(ipr, host_ifname)
+def delete_host_link(ipr: IPRoute, host_ifname: str, mark: str | None = None) -> bool:
+    """Deleting the host end removes the pair, its routes and neighbours; gone already is fine.
+    With `mark`, a link of that name that is not ours is left alone."""
+    idx = find_host_link(ipr, host_ifname, mark)
     if idx is None:
         return False
+    return delete_link_index(ipr, idx)
+
+
+def delete_link_index(ipr: IPRoute, idx: int) -> bool:
     try:
         ipr.link("del", index=idx)
     except NetlinkError as exc:

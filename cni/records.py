@@ -1,47 +1,85 @@
-"""Attachment records: one small JSON file per (container id, ifname), written *before* ADD
-creates anything, so DEL and GC can find and undo what an ADD left behind even if it was
-SIGKILLed half way (the veth name and the leases are derived from the same key).
+"""Attachment records: one small JSON file per (network, container id, ifname), written *before*
+ADD creates anything, so DEL and GC can find and undo what an ADD left behind even if it was
+SIGKILLed half way.
 
 Layout: <dataDir>/<network>/attachments/<host ifname>.json
+
+A record is a hint, never trusted to name what gets deleted: the host veth's name and its
+ownership mark are derived from the key (network, container id, ifname), and DEL/GC delete only
+a link that carries that mark. A record that cannot be read is reported and left alone.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from dataclasses import asdict, dataclass, field
 
+from .env import CONTAINER_ID_RE
+from .errors import IO_FAILURE, CniError
 from .locking import write_atomic
-from .plumbing import host_ifname_for
+from .plumbing import host_ifname_for, owner_mark
+
+
+def _is_ip(s: str) -> bool:
+    try:
+        ipaddress.ip_address(s)
+        return True
+    except ValueError:
+        return False
+
+
+class RecordUnreadable(CniError):
+    def __init__(self, path: str, why: str):
+        super().__init__(
+            IO_FAILURE,
+            f"attachment record {path} is unreadable ({why})",
+            "inspect it; DEL of that container id/ifname removes the attachment and the record",
+        )
+        self.path = path
 
 
 @dataclass
 class Record:
     container_id: str
     ifname: str
+    network: str = ""
     netns: str = ""
-    host_ifname: str = ""
     ips: list[str] = field(default_factory=list)  # filled in once IPAM answered
     ipam_type: str = ""
     complete: bool = False  # ADD printed its result
 
-    def __post_init__(self) -> None:
-        if not self.host_ifname:
-            self.host_ifname = host_ifname_for(self.container_id, self.ifname)
+    @property
+    def host_ifname(self) -> str:
+        return host_ifname_for(self.container_id, self.ifname, self.network)
+
+    @property
+    def mark(self) -> str:
+        return owner_mark(self.network, self.container_id, self.ifname)
 
 
 class RecordStore:
-    def __init__(self, network_dir: str):
+    def __init__(self, network_dir: str, network: str):
         self.dir = os.path.join(network_dir, "attachments")
+        self.network = network
 
     def path(self, container_id: str, ifname: str) -> str:
-        return os.path.join(self.dir, host_ifname_for(container_id, ifname) + ".json")
+        return os.path.join(self.dir, host_ifname_for(container_id, ifname, self.network) + ".json")
+
+    def exists(self, container_id: str, ifname: str) -> bool:
+        return os.path.exists(self.path(container_id, ifname))
 
     def get(self, container_id: str, ifname: str) -> Record | None:
-        return self._read(self.path(container_id, ifname))
+        """None when there is no record; RecordUnreadable when there is one we cannot trust."""
+        rec = self._read(self.path(container_id, ifname))
+        if rec is not None and (rec.container_id, rec.ifname) != (container_id, ifname):
+            raise RecordUnreadable(self.path(container_id, ifname), "it names another attachment")
+        return rec
 
     def put(self, rec: Record) -> None:
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        rec.network = self.network
         write_atomic(self.path(rec.container_id, rec.ifname), json.dumps(asdict(rec)))
 
     def remove(self, container_id: str, ifname: str) -> bool:
@@ -51,24 +89,55 @@ class RecordStore:
         except FileNotFoundError:
             return False
 
-    def all(self) -> list[Record]:
+    def all(self) -> tuple[list[Record], list[RecordUnreadable]]:
+        """Readable records, and the unreadable ones (reported, never acted on)."""
         if not os.path.isdir(self.dir):
-            return []
-        out = []
+            return [], []
+        out, bad = [], []
         for name in sorted(os.listdir(self.dir)):
-            if name.endswith(".json"):
-                rec = self._read(os.path.join(self.dir, name))
-                if rec is not None:
-                    out.append(rec)
-        return out
+            if not name.endswith(".json"):
+                continue
+            path = os.path.join(self.dir, name)
+            try:
+                rec = self._read(path)
+            except RecordUnreadable as exc:
+                bad.append(exc)
+                continue
+            if rec is None:
+                continue
+            if self.path(rec.container_id, rec.ifname) != path:
+                bad.append(RecordUnreadable(path, "its key does not match its file name"))
+                continue
+            out.append(rec)
+        return out, bad
 
-    @staticmethod
-    def _read(path: str) -> Record | None:
+    def _read(self, path: str) -> Record | None:
         try:
-            with open(path) as fh:
-                data = json.load(fh)
-            return Record(**data)
+            with open(path, "rb") as fh:
+                raw = fh.read()
         except FileNotFoundError:
             return None
-        except (ValueError, TypeError):
-            return None  # a torn write cannot happen (atomic rename); a foreign file is ignored
+        except OSError as exc:
+            raise RecordUnreadable(path, exc.strerror or str(exc)) from None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise RecordUnreadable(path, "not valid JSON") from None
+        if not isinstance(data, dict):
+            raise RecordUnreadable(path, "not a JSON object")
+        data.pop("host_ifname", None)  # written by older versions; derived now, never trusted
+        try:
+            rec = Record(**data)
+        except TypeError as exc:
+            raise RecordUnreadable(path, f"unexpected fields: {exc}") from None
+        if (
+            not isinstance(rec.container_id, str)
+            or not CONTAINER_ID_RE.fullmatch(rec.container_id)
+            or not isinstance(rec.ifname, str)
+            or not isinstance(rec.ips, list)
+            or not all(isinstance(ip, str) and _is_ip(ip) for ip in rec.ips)
+            or not isinstance(rec.ipam_type, str)
+            or rec.network != self.network
+        ):
+            raise RecordUnreadable(path, "malformed fields")
+        return rec

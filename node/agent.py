@@ -9,8 +9,12 @@ It also keeps the conntrack gate honest while it runs: `netfilter: auto` is re-d
 second, and the fast path's TCP flows are marked liberal in conntrack as they become established
 (datapath/ctliberal.py), which the gate requires of TCP unless nf_conntrack_tcp_be_liberal=1.
 
-Requests are served one at a time, in the order they arrive: verbs take node-wide locks anyway,
-and one thread keeps setns()/netlink state simple. The agent must run in the node's network
+Each connection is served by its own thread: a slow verb (waiting for a lock) or an idle or
+malformed connection never holds up the others. Verbs serialise where they must through their
+own locks (per attachment, per network, per datapath; flock locks exclude threads as they
+exclude processes), and no verb changes the thread's network namespace (pod namespaces are
+reached through pyroute2 helper processes). A malformed message gets an error object on its
+own connection and is logged; the agent keeps serving. The agent must run in the node's network
 namespace; a client from another namespace is told to fall back.
 """
 
@@ -18,9 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -29,30 +35,99 @@ from cni import client
 from cni.main import execute
 from datapath.pins import DEFAULT_ROOT
 
+REQUEST_TIMEOUT = 30.0  # seconds a connection may take to send its request (its own thread only)
+MAX_REQUEST = 16 << 20  # bytes: a CNI request is a few KiB
+
+
+class _ThreadStderr(io.TextIOBase):
+    """sys.stderr for a threaded server: each verb's diagnostics go to its own buffer."""
+
+    def __init__(self, real):
+        self.real = real
+        self.local = threading.local()
+
+    def write(self, s: str) -> int:
+        buf = getattr(self.local, "buf", None)
+        return (buf if buf is not None else self.real).write(s)
+
+    def flush(self) -> None:
+        if getattr(self.local, "buf", None) is None:
+            self.real.flush()
+
+    @contextlib.contextmanager
+    def captured(self):
+        self.local.buf = io.StringIO()
+        try:
+            yield self.local.buf
+        finally:
+            self.local.buf = None
+
+
+_STDERR: _ThreadStderr | None = None
+
+
+def _error_reply(code: int, msg: str, details: str = "") -> dict:
+    err = {"cniVersion": "1.1.0", "code": code, "msg": msg}
+    if details:
+        err["details"] = details
+    return {"rc": 1, "stdout": json.dumps(err), "stderr": f"xdpcni agent: {msg}\n"}
+
+
+def _read_request(conn: socket.socket) -> dict:
+    head = client._recv_exact(conn, 4)
+    size = struct.unpack(">I", head)[0]
+    if size > MAX_REQUEST:
+        raise ValueError(f"request of {size} bytes is larger than {MAX_REQUEST}")
+    req = json.loads(client._recv_exact(conn, size))
+    if not isinstance(req, dict):
+        raise ValueError("request is not a JSON object")
+    env = req.get("env")
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise ValueError('request "env" must be an object of strings')
+    if not isinstance(req.get("stdin", ""), str):
+        raise ValueError('request "stdin" must be a string')
+    return req
+
 
 def _serve_one(conn: socket.socket, own_netns: int, log) -> None:
-    conn.settimeout(30)
+    conn.settimeout(REQUEST_TIMEOUT)
     try:
-        req = client.recv_msg(conn)
-    except (OSError, ValueError) as exc:
+        req = _read_request(conn)
+    except (OSError, ConnectionError) as exc:
+        log(f"connection dropped before a full request: {exc}")
+        return
+    except (ValueError, RecursionError, struct.error) as exc:
         log(f"bad request: {exc}")
+        with contextlib.suppress(OSError):
+            client.send_msg(conn, _error_reply(6, "xdpcni agent: malformed request", str(exc)[:500]))
         return
     if req.get("netns") != own_netns:
         client.send_msg(conn, {"fallback": "client is in another network namespace"})
         return
-    env = {k: v for k, v in (req.get("env") or {}).items() if k.startswith("CNI_")}
+    env = {k: v for k, v in req["env"].items() if k.startswith("CNI_")}
     t0 = time.monotonic()
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+    with _STDERR.captured() as err:
         rc, stdout = execute(env, req.get("stdin", "").encode(errors="surrogateescape"))
     log(
         f"{env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} rc={rc} "
         f"{(time.monotonic() - t0) * 1000:.1f}ms"
     )
+    conn.settimeout(REQUEST_TIMEOUT)
     try:
         client.send_msg(conn, {"rc": rc, "stdout": stdout, "stderr": err.getvalue()})
     except OSError as exc:
         log(f"client went away before the reply: {exc}")
+
+
+def _connection(conn: socket.socket, own_netns: int, log) -> None:
+    """One connection's thread: whatever happens stays on this connection."""
+    try:
+        with conn:
+            _serve_one(conn, own_netns, log)
+    except Exception as exc:  # never let one connection take the agent down
+        log(f"error serving a connection: {type(exc).__name__}: {exc}")
 
 
 NETFILTER_PERIOD = 1.0  # seconds between re-decisions of the conntrack gate (netfilter: auto)
@@ -62,7 +137,7 @@ def watch_netfilter(roots: list[str], stop: threading.Event, log, period: float 
     """netfilter: auto is re-decided while running, never once at load: kube-proxy adds its rules
     after the datapath is loaded. Every `period` seconds, for each loaded datapath in `roots` whose
     setting is auto, write the gate bit for this namespace's current netfilter state."""
-    from datapath import netfilter
+    from datapath import netfilter, nodeaddrs
     from datapath.loader import NodeState
     from datapath.pins import PinLayout
 
@@ -70,7 +145,13 @@ def watch_netfilter(roots: list[str], stop: threading.Event, log, period: float 
     while not stop.wait(period):
         for root in roots:
             state = NodeState.read(root)
-            if state is None or state.netfilter != "auto" or not PinLayout(root).is_loaded():
+            if state is None or not PinLayout(root).is_loaded():
+                continue
+            try:
+                nodeaddrs.sync(root)
+            except Exception as exc:
+                log(f"node address sync for {root} failed: {exc}")
+            if state.netfilter != "auto":
                 continue
             try:
                 on = netfilter.sync(root, "auto")
@@ -151,6 +232,10 @@ def serve(path: str = client.DEFAULT_SOCKET, log=None, roots: list[str] | None =
     import cni.commands.gc
     import cni.commands.status  # noqa: F401
 
+    global _STDERR
+    if not isinstance(sys.stderr, _ThreadStderr):
+        sys.stderr = _ThreadStderr(sys.stderr)
+    _STDERR = sys.stderr
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # socket file 0600: only root may run verbs
     try:
@@ -173,8 +258,7 @@ def serve(path: str = client.DEFAULT_SOCKET, log=None, roots: list[str] | None =
                 conn, _ = srv.accept()
             except OSError:
                 break  # closed by SIGTERM
-            with conn:
-                _serve_one(conn, own_netns, log)
+            threading.Thread(target=_connection, args=(conn, own_netns, log), daemon=True).start()
     except KeyboardInterrupt:
         pass
     finally:

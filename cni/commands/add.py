@@ -6,8 +6,8 @@ why the record is written first: DEL or GC finds everything from it.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-import os
 from contextlib import ExitStack
 
 from pyroute2 import IPRoute
@@ -17,11 +17,12 @@ from datapath import pod as pod_dp
 from datapath.endpoints import Endpoint, EndpointTable, EndpointTableFull
 
 from .. import node, plumbing, testhook
+from ..claims import describe
 from ..env import CniEnv
 from ..errors import (
+    ADDRESS_IN_USE,
     ALREADY_EXISTS,
     DATAPATH,
-    INVALID_ENV,
     INVALID_NETCONF,
     PLUMBING,
     UNSUPPORTED_FIELD,
@@ -31,14 +32,58 @@ from ..ipam import builtin, delegate
 from ..netconf import NetConf
 from ..records import Record
 from ..result import Interface, IPConfig, Result, Route
-from .common import forget_endpoint, lease_store, record_store, release_ipam
+from .common import attachment_locked, claim_store, forget_endpoint, lease_store, record_store, release_ipam
 
 
-def _allocate(conf: NetConf, env: CniEnv) -> list[str]:
-    if conf.ipam.builtin:
-        return builtin.allocate(lease_store(conf), conf.ipam.range_sets, env.container_id, env.ifname)
-    result = delegate.call(conf.ipam.type, "ADD", {**conf.raw, "ipam": conf.ipam.raw}, env.raw, env.path)
-    return delegate.addresses(result)
+def _allocate(conf: NetConf, env: CniEnv, undo: ExitStack) -> list[str]:
+    """Addresses from the IPAM, each claimed node-wide (cni/claims.py) before anything uses it.
+    Registers the undo of every allocation and claim that succeeded, and only of those."""
+    claims = claim_store(conf)
+    owner = (conf.name, env.container_id, env.ifname)
+    claimed: list[str] = []
+    undo.callback(claims.release, claimed, owner)
+    with contextlib.ExitStack() as ctx:
+        table = ctx.enter_context(EndpointTable(conf.root)) if node.is_loaded(conf.root) else None
+
+        def claim(ip: str) -> str | None:
+            """None when `ip` is now ours; else who has it."""
+            if table is not None and table.endpoints.get(abi.EndpointKey.for_ip(ip)) is not None:
+                return "a live endpoint of this node's datapath"
+            current = claims.claim(ip, owner)
+            if current is None:
+                claimed.append(ip)
+                return None
+            return describe(current)
+
+        if conf.ipam.builtin:
+            ips = builtin.allocate(
+                lease_store(conf),
+                conf.ipam.range_sets,
+                env.container_id,
+                env.ifname,
+                claim=lambda ip: claim(ip) is None,
+            )
+            undo.callback(release_ipam, conf, env, env.container_id, env.ifname, conf.ipam.type)
+            return ips
+        result = delegate.call(conf.ipam.type, "ADD", {**conf.raw, "ipam": conf.ipam.raw}, env.raw, env.path)
+        undo.callback(release_ipam, conf, env, env.container_id, env.ifname, conf.ipam.type)
+        ips = delegate.addresses(result)
+        for ip in ips:
+            holder = claim(ip)
+            if holder is not None:
+                raise CniError(
+                    ADDRESS_IN_USE,
+                    f"IPAM plugin {conf.ipam.type} gave {ip}, which is in use on this node by {holder}",
+                    "an address bound to a live pod is never given twice: make the networks' ranges disjoint",
+                )
+        return ips
+
+
+def _delete_created(created: list[int]) -> None:
+    """Rollback: delete the veth this ADD created, by ifindex (never a same-named other link)."""
+    if created:
+        with IPRoute() as ipr:
+            plumbing.delete_link_index(ipr, created[0])
 
 
 def stack_flags(conf: NetConf) -> int:
@@ -66,11 +111,6 @@ def stack_flags(conf: NetConf) -> int:
     return flags
 
 
-def _delete_link(name: str) -> None:
-    with IPRoute() as ipr:
-        plumbing.delete_host_link(ipr, name)
-
-
 def _check_families(ips: list[str]) -> None:
     versions = [ipaddress.ip_address(ip).version for ip in ips]
     if len(versions) != len(set(versions)):
@@ -78,8 +118,11 @@ def _check_families(ips: list[str]) -> None:
 
 
 def run(env: CniEnv, conf: NetConf) -> dict:
-    if not os.path.exists(env.netns):
-        raise CniError(INVALID_ENV, f"CNI_NETNS {env.netns} does not exist")
+    with attachment_locked(conf, env.container_id, env.ifname):
+        return _add(env, conf)
+
+
+def _add(env: CniEnv, conf: NetConf) -> dict:
     flags = stack_flags(conf)
     node_cfg = conf.node()
     root = conf.root
@@ -90,25 +133,26 @@ def run(env: CniEnv, conf: NetConf) -> dict:
     records = record_store(conf)
     if records.get(env.container_id, env.ifname) is not None:
         raise CniError(ALREADY_EXISTS, f"{env.container_id}/{env.ifname} is already attached: DEL it first")
-    rec = Record(env.container_id, env.ifname, netns=env.netns, ipam_type=conf.ipam.type)
+    rec = Record(env.container_id, env.ifname, network=conf.name, netns=env.netns, ipam_type=conf.ipam.type)
 
     with ExitStack() as undo:
         records.put(rec)
         undo.callback(records.remove, env.container_id, env.ifname)
         testhook.step("record")
 
-        undo.callback(release_ipam, conf, env, env.container_id, env.ifname, conf.ipam.type)
-        ips = _allocate(conf, env)
+        ips = _allocate(conf, env, undo)
         _check_families(ips)
         rec.ips = ips
         records.put(rec)
         testhook.step("ipam")
 
         with IPRoute() as ipr:
-            # The name derives from (container id, ifname), which no other record holds.
-            undo.callback(_delete_link, rec.host_ifname)
+            created: list[int] = []
+            undo.callback(_delete_created, created)
             try:
-                link = plumbing.create_veth(ipr, env.netns, rec.host_ifname, env.ifname, conf.pod_mtu)
+                link = plumbing.create_veth(
+                    ipr, env.netns, rec.host_ifname, env.ifname, conf.pod_mtu, mark=rec.mark, created=created
+                )
             except plumbing.PlumbingError as exc:
                 raise CniError(PLUMBING, str(exc)) from exc
             testhook.step("veth")
@@ -118,7 +162,7 @@ def run(env: CniEnv, conf: NetConf) -> dict:
             plumbing.configure_host_side(ipr, link, ips)
             testhook.step("host-side")
 
-            with IPRoute(netns=env.netns) as pod_ipr:
+            with plumbing.pod_netns(env.netns) as pod_ipr:
                 pod_dp.attach_pod_side(pod_ipr, root, link.pod_ifindex)
             pod_dp.attach_host_side(ipr, root, link.host_ifindex)
             testhook.step("programs")
@@ -126,6 +170,12 @@ def run(env: CniEnv, conf: NetConf) -> dict:
             try:
                 with EndpointTable(root) as table:
                     undo.callback(forget_endpoint, root, link.host_ifindex, ips)
+                    for ip in ips:  # claims make this impossible; never overwrite another pod's entry
+                        info = table.endpoints.get(abi.EndpointKey.for_ip(ip))
+                        if info is not None and info.ifindex != link.host_ifindex:
+                            raise CniError(
+                                ADDRESS_IN_USE, f"{ip} steers to another pod (ifindex {info.ifindex})"
+                            )
                     table.add(Endpoint(link.host_ifindex, link.pod_mac, link.host_mac, ips, flags=flags))
             except EndpointTableFull as exc:
                 raise CniError(DATAPATH, str(exc)) from exc

@@ -1,20 +1,27 @@
-"""What DEL and GC share: undoing one attachment, each step tolerant of "already gone"."""
+"""What the verbs share: where a network's state lives, the per-attachment lock, the node-wide
+address claims, and undoing one attachment (each step tolerant of "already gone", and acting
+only on what carries this attachment's ownership)."""
 
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
 
 from pyroute2 import IPRoute
 
+from datapath import abi
 from datapath.endpoints import EndpointTable
 from datapath.maps import DatapathNotLoaded
 
 from .. import node, plumbing
+from ..claims import ClaimStore
 from ..env import CniEnv
 from ..ipam import builtin, delegate
 from ..ipam.store import LeaseStore
+from ..locking import flocked
 from ..netconf import NetConf
-from ..records import Record, RecordStore
+from ..records import Record, RecordStore, RecordUnreadable
 
 
 def network_dir(conf: NetConf) -> str:
@@ -26,19 +33,48 @@ def lease_store(conf: NetConf) -> LeaseStore:
 
 
 def record_store(conf: NetConf) -> RecordStore:
-    return RecordStore(network_dir(conf))
+    return RecordStore(network_dir(conf), conf.name)
+
+
+def claim_store(conf: NetConf) -> ClaimStore:
+    return ClaimStore(conf.root)
+
+
+def warn(msg: str) -> None:
+    print(f"xdpcni: warning: {msg}", file=sys.stderr)
+
+
+@contextmanager
+def attachment_locked(conf: NetConf, container_id: str, ifname: str):
+    """Serialise every verb on one (network, container id, ifname): ADD and DEL of the same
+    container never interleave. The lock file exists only while held (datapath/locks.py removes
+    it safely), so no lock files pile up."""
+    name = plumbing.host_ifname_for(container_id, ifname, conf.name)
+    path = os.path.join(network_dir(conf), "locks", name + ".lock")
+    with flocked(path, f"attachment lock of {container_id}/{ifname}", remove=True):
+        yield
 
 
 def forget_endpoint(root: str, host_ifindex: int | None, ips: list[str]) -> None:
-    """Remove the endpoint's map entries (by veth and by address); a missing datapath is fine."""
+    """Remove this attachment's map entries: everything on its veth, and address entries that
+    point at that veth or at a veth that no longer exists. An entry for one of `ips` that steers
+    to another live veth belongs to another pod and stays. A missing datapath is fine."""
     if not node.is_loaded(root):
         return
     try:
-        with EndpointTable(root) as table:
+        with EndpointTable(root) as table, IPRoute() as ipr:
+            live = {link["index"] for link in ipr.get_links()}
+            for ip in ips:
+                key = abi.EndpointKey.for_ip(ip)
+                info = table.endpoints.get(key)
+                if info is None:
+                    continue
+                if info.ifindex == host_ifindex or info.ifindex not in live:
+                    table.endpoints.delete(key)
+                else:
+                    warn(f"map entry for {ip} steers to ifindex {info.ifindex}, not this pod's: left alone")
             if host_ifindex is not None:
-                table.remove(host_ifindex, ips)
-            else:
-                table.remove_ips(ips)
+                table.remove(host_ifindex)
     except DatapathNotLoaded:
         pass
 
@@ -61,13 +97,24 @@ def release_ipam(conf: NetConf, env: CniEnv, container_id: str, ifname: str, ipa
 
 def teardown(conf: NetConf, env: CniEnv, container_id: str, ifname: str) -> None:
     """Undo an attachment in reverse ADD order: map entries, veth (takes routes/neighbours/TC
-    filters and the pod end with it), addresses, record."""
+    filters and the pod end with it), addresses, claims, record. Names and the ownership mark
+    derive from the key; an unreadable record is replaced by what the key and leases tell."""
     records = record_store(conf)
-    rec = records.get(container_id, ifname) or Record(container_id, ifname)
+    try:
+        rec = records.get(container_id, ifname)
+    except RecordUnreadable as exc:
+        warn(f"{exc.msg}: tearing down by its key instead")
+        rec = None
+    rec = rec or Record(container_id, ifname, network=conf.name)
+    rec.network = conf.name
     ips = sorted(set(rec.ips) | set(lease_store(conf).owned_by(container_id, ifname)))
     with IPRoute() as ipr:
-        host_ifindex = plumbing.find_host_link(ipr, rec.host_ifname)
+        host_ifindex = plumbing.find_host_link(ipr, rec.host_ifname, rec.mark)
+        if host_ifindex is None and ipr.link_lookup(ifname=rec.host_ifname):
+            warn(f"link {rec.host_ifname} does not carry this attachment's mark: left alone")
         forget_endpoint(conf.root, host_ifindex, ips)
-        plumbing.delete_host_link(ipr, rec.host_ifname)  # the peer goes too, wherever it is
+        if host_ifindex is not None:
+            plumbing.delete_link_index(ipr, host_ifindex)  # the peer goes too, wherever it is
     release_ipam(conf, env, container_id, ifname, rec.ipam_type)
+    claim_store(conf).release(ips, (conf.name, container_id, ifname))
     records.remove(container_id, ifname)

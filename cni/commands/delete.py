@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from ..env import CniEnv
 from ..netconf import NetConf
-from .common import teardown
+from .common import attachment_locked, teardown
 
 
 def run(env: CniEnv, conf: NetConf) -> None:
-    teardown(conf, env, env.container_id, env.ifname)
+    with attachment_locked(conf, env.container_id, env.ifname):
+        teardown(conf, env, env.container_id, env.ifname)

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
 from ..errors import ALREADY_EXISTS, IPAM_EXHAUSTED, CniError
 from .ranges import RangeSet
 from .store import LeaseStore
 
 
-def allocate(store: LeaseStore, range_sets: list[RangeSet], container_id: str, ifname: str) -> list[str]:
-    """Reserve one address in every range set for (container_id, ifname); returns them."""
+def allocate(
+    store: LeaseStore,
+    range_sets: list[RangeSet],
+    container_id: str,
+    ifname: str,
+    claim: Callable[[str], bool] | None = None,
+) -> list[str]:
+    """Reserve one address in every range set for (container_id, ifname); returns them.
+
+    `claim(ip)` (node-wide, cni/claims.py) is asked after each reservation; an address it refuses
+    (live on this node for another network) is given back and the next one tried."""
     got: list[str] = []
     with store.locked():
         if store.owned_by(container_id, ifname):
             raise CniError(ALREADY_EXISTS, f"{container_id}/{ifname} already holds addresses: DEL it first")
         try:
             for idx, rs in enumerate(range_sets):
-                got.append(_allocate_one(store, idx, rs, container_id, ifname))
+                got.append(_allocate_one(store, idx, rs, container_id, ifname, claim))
         except BaseException:
             for ip in got:
                 store.release(ip)
@@ -25,7 +35,14 @@ def allocate(store: LeaseStore, range_sets: list[RangeSet], container_id: str, i
     return got
 
 
-def _allocate_one(store: LeaseStore, idx: int, rs: RangeSet, container_id: str, ifname: str) -> str:
+def _allocate_one(
+    store: LeaseStore,
+    idx: int,
+    rs: RangeSet,
+    container_id: str,
+    ifname: str,
+    claim: Callable[[str], bool] | None,
+) -> str:
     last = store.last_reserved(idx)
     after = None
     if last:
@@ -34,15 +51,25 @@ def _allocate_one(store: LeaseStore, idx: int, rs: RangeSet, container_id: str, 
         except ValueError:
             after = None
     taken = store.leases()
+    elsewhere = 0
     for ip in rs.candidates(after):
         s = str(ip)
         if s in taken:
             continue
         if store.reserve(s, container_id, ifname):
+            if claim is not None and not claim(s):
+                store.release(s)
+                elsewhere += 1
+                continue
             store.set_last_reserved(idx, s)
             return s
     ranges = ", ".join(f"{r.start}-{r.end}" for r in rs.ranges)
-    raise CniError(IPAM_EXHAUSTED, f"no free address left in range set {idx} ({ranges})")
+    also = f"; {elsewhere} more are in use on this node by other networks" if elsewhere else ""
+    raise CniError(
+        IPAM_EXHAUSTED,
+        f"no free address left in range set {idx} ({ranges}){also}",
+        "widen the range or remove pods of this network; `xdpcnictl status` shows the ranges' use",
+    )
 
 
 def release(store: LeaseStore, container_id: str, ifname: str) -> list[str]:
@@ -55,6 +82,7 @@ def release(store: LeaseStore, container_id: str, ifname: str) -> list[str]:
 
 
 def free_addresses(store: LeaseStore, range_sets: list[RangeSet]) -> list[int]:
-    """Free addresses per range set (STATUS reports a set with none left)."""
+    """Free addresses per range set (for operators: a full set fails ADD with code 103, never
+    STATUS)."""
     taken = [ipaddress.ip_address(ip) for ip in store.leases()]
     return [rs.size - sum(1 for ip in taken if ip in rs) for rs in range_sets]

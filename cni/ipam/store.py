@@ -1,6 +1,10 @@
 """Leases on disk, host-local style: one file per address (named by it, holding the owner's
-container id and ifname) plus the last address handed out per range set, all under one flock
-per network so concurrent ADDs never hand out an address twice.
+container id and ifname, one per line) plus the last address handed out per range set, all
+under one flock per network so concurrent ADDs never hand out an address twice.
+
+A lease whose owner cannot be parsed (invalid bytes, wrong shape, an id the spec forbids) still
+holds its address: it is never handed out again and never released silently; leases() reports
+its owner as None and the verbs say so on stderr.
 """
 
 from __future__ import annotations
@@ -9,21 +13,43 @@ import ipaddress
 import os
 from contextlib import contextmanager
 
+from ..env import CONTAINER_ID_RE, validate_ifname
+from ..errors import CniError
 from ..locking import flocked, write_atomic
 
 LOCK_NAME = "lock"
 LAST_PREFIX = "last_reserved_ip."
 
+Owner = tuple[str, str]
+
+
+def parse_owner(raw: bytes) -> Owner | None:
+    """b"<container id>\\n<ifname>\\n" -> (container id, ifname); None for anything else."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    parts = text.split("\n")  # only "\n": an ifname may hold other line-breaking characters
+    if parts and parts[-1] == "":
+        parts.pop()
+    if len(parts) != 2 or not CONTAINER_ID_RE.fullmatch(parts[0]):
+        return None
+    try:
+        validate_ifname(parts[1])
+    except CniError:
+        return None
+    return parts[0], parts[1]
+
 
 class LeaseStore:
-    def __init__(self, directory: str, lock_timeout: float = 60.0):
+    def __init__(self, directory: str, lock_timeout: float | None = None):
         self.dir = directory
-        self.lock_timeout = lock_timeout
+        self.lock_timeout = lock_timeout  # None: the verb's deadline (datapath/locks.py)
 
     @contextmanager
     def locked(self):
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        with flocked(os.path.join(self.dir, LOCK_NAME), self.lock_timeout, "IPAM lease lock"):
+        with flocked(os.path.join(self.dir, LOCK_NAME), "IPAM lease lock", self.lock_timeout):
             self._sweep_temporaries()
             yield self
 
@@ -36,9 +62,10 @@ class LeaseStore:
                 except FileNotFoundError:
                     pass
 
-    def leases(self) -> dict[str, tuple[str, str]]:
-        """address -> (container id, ifname); readable without the lock (files appear atomically)."""
-        out: dict[str, tuple[str, str]] = {}
+    def leases(self) -> dict[str, Owner | None]:
+        """address -> (container id, ifname), or None when the owner cannot be read; readable
+        without the lock (files appear atomically)."""
+        out: dict[str, Owner | None] = {}
         if not os.path.isdir(self.dir):
             return out
         for name in os.listdir(self.dir):
@@ -47,14 +74,18 @@ class LeaseStore:
             except ValueError:
                 continue
             try:
-                with open(os.path.join(self.dir, name)) as fh:
-                    lines = fh.read().splitlines()
+                with open(os.path.join(self.dir, name), "rb") as fh:
+                    raw = fh.read(4096)
             except FileNotFoundError:
                 continue
-            cid = lines[0].strip() if lines else ""
-            ifname = lines[1].strip() if len(lines) > 1 else ""
-            out[name] = (cid, ifname)
+            except OSError:
+                out[name] = None
+                continue
+            out[name] = parse_owner(raw)
         return out
+
+    def unreadable(self) -> list[str]:
+        return sorted(os.path.join(self.dir, ip) for ip, owner in self.leases().items() if owner is None)
 
     def owned_by(self, container_id: str, ifname: str) -> list[str]:
         return sorted(ip for ip, owner in self.leases().items() if owner == (container_id, ifname))
@@ -76,9 +107,9 @@ class LeaseStore:
 
     def last_reserved(self, set_index: int) -> str | None:
         try:
-            with open(os.path.join(self.dir, f"{LAST_PREFIX}{set_index}")) as fh:
-                return fh.read().strip() or None
-        except FileNotFoundError:
+            with open(os.path.join(self.dir, f"{LAST_PREFIX}{set_index}"), "rb") as fh:
+                return fh.read(64).decode("ascii").strip() or None
+        except (FileNotFoundError, UnicodeDecodeError):
             return None
 
     def set_last_reserved(self, set_index: int, ip: str) -> None:
