@@ -86,10 +86,13 @@ int tc_pod(struct __sk_buff *ctx)
 		r = REASON_PASS_BAD_HEADER;
 		goto out;
 	}
+	r = check_pod_untagged(ctx, proto);
+	if (r != CHECK_OK)
+		goto out;
 	r = check_pod_source(eth, proto, nh.pos, data_end, ifc, ifindex);
 	if (r != CHECK_OK)
 		goto out;
-	r = check_pod_l2_dest(eth, proto, ifc);
+	r = check_pod_l2_dest(eth, ifc);
 	if (r != CHECK_OK)
 		goto out;
 	plan.l3off = ETH_HLEN;
@@ -103,7 +106,7 @@ int tc_pod(struct __sk_buff *ctx)
 			goto out;
 	}
 	dst_ep = endpoints_lookup(&plan.dst);
-	if (!dst_ep)
+	if (!dst_ep || (dst_ep->flags & XDPCNI_EP_F_NODE)) /* the node itself: the FIB says local */
 		return fib_forward(ctx, &plan, ifc->ep_id, bytes);
 	if (dst_ep->flags & XDPCNI_EP_F_INGRESS_VIA_STACK) {
 		r = REASON_PASS_POLICY;

@@ -42,6 +42,7 @@ class Reason(enum.IntEnum):
     PASS_CONNTRACK = 20
     PASS_NAT = 21
     PASS_PROTO = 22
+    DROP_VLAN = 23
 
     @property
     def verdict(self) -> str:
@@ -74,6 +75,7 @@ NODE_F_CONNTRACK = 1 << 0
 # endpoint_info.flags (bpf/lib/consts.h XDPCNI_EP_F_*)
 EP_F_INGRESS_VIA_STACK = 1 << 0
 EP_F_EGRESS_VIA_STACK = 1 << 1
+EP_F_NODE = 1 << 2  # an entry for one of the node's own addresses, not a pod
 
 
 class EndpointInfo(ct.Structure):

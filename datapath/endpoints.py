@@ -134,6 +134,8 @@ class EndpointTable:
                 ep_id=iface.ep_id,
             )
         for key, info in self.endpoints.items():
+            if info.flags & abi.EP_F_NODE:  # the node's own addresses (datapath/nodeaddrs.py)
+                continue
             ep = by_ifindex.get(info.ifindex)
             if ep is None:  # address entry without its interface entry: show it anyway
                 ep = by_ifindex[info.ifindex] = Endpoint(

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from . import abi, attach, build, libbpf, netfilter, objload, probes, sysctl
+from . import abi, attach, build, libbpf, netfilter, nodeaddrs, objload, probes, sysctl
 from .bccsrc import flatten
 from .config import ConfigError, NodeConfig
 from .maps import PinnedMap
-from .pins import PROGRAMS, PinLayout
+from .pins import PROGRAMS, PinLayout, UnsafePath, check_owned
 
 BPF_DIR = build.BPF_DIR
 KFUNC_MISSING = "not found in kernel or module BTFs"  # libbpf's words for an unresolved __ksym
@@ -61,8 +61,10 @@ class NodeState:
     toolchain: str = "bcc"  # clang (conntrack gate with kfuncs) | bcc (gate = stack only)
     conntrack_check: bool = True  # the gate's bit as the load left it (auto re-decides it)
     fallback: str | None = None  # why the NIC runs another mode than asked, if it does
+    restore: str = ""  # what the load restored from the live pods (datapath/restore.py)
 
     def save(self, layout: PinLayout) -> None:
+        check_owned(os.path.dirname(layout.state_file), stop_at="/run")
         os.makedirs(os.path.dirname(layout.state_file), mode=0o700, exist_ok=True)
         tmp = layout.state_file + ".tmp"
         with open(tmp, "w") as fh:
@@ -227,6 +229,11 @@ def _attach_nic(
 
 
 def _load(cfg: NodeConfig, layout: PinLayout, log, made: dict) -> NodeState:
+    for d in (layout.maps_dir, layout.progs_dir):
+        try:
+            check_owned(d)
+        except UnsafePath as exc:
+            raise LoadError(str(exc)) from exc
     for d in (layout.root, layout.maps_dir, layout.progs_dir):
         os.makedirs(d, mode=0o700, exist_ok=True)
     with IPRoute() as ipr:
@@ -253,6 +260,7 @@ def _load(cfg: NodeConfig, layout: PinLayout, log, made: dict) -> NodeState:
                 ),
             )
         sysctl.enable_forwarding(cfg.nic)
+        nodeaddrs.sync(layout.root, ipr)
 
         made["nic_ifindex"] = nic_ifindex
         mode, fallback = _attach_nic(ipr, cfg.nic, nic_ifindex, mode, fds, log)
@@ -269,6 +277,9 @@ def _load(cfg: NodeConfig, layout: PinLayout, log, made: dict) -> NodeState:
                     upgraded += 1
         if upgraded:
             log(f"  re-attached the pod program on {upgraded} existing endpoint(s)")
+        from .restore import restore  # (pod.py imports this module)
+
+        restored = restore(layout.root, log).summary()
 
         prog_ids = {name: libbpf.prog_info(fd).id for name, fd in fds.items()}
         del keep  # pinned and attached: the BCC objects (and their fds) may go
@@ -285,6 +296,7 @@ def _load(cfg: NodeConfig, layout: PinLayout, log, made: dict) -> NodeState:
         toolchain=toolchain,
         conntrack_check=conntrack_check,
         fallback=fallback,
+        restore=restored,
     )
     state.save(layout)
     return state

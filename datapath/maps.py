@@ -6,7 +6,7 @@ import ctypes as ct
 import os
 
 from . import abi, libbpf
-from .pins import PinLayout
+from .pins import PinLayout, check_owned
 
 
 class DatapathNotLoaded(RuntimeError):
@@ -18,6 +18,8 @@ class PinnedMap:
         self.name = name
         self.path = layout.map(name)
         self.key_type, self.value_type = abi.MAP_LAYOUT[name]
+        self.fd = -1
+        check_owned(layout.maps_dir)  # never act on pins someone else could have made
         try:
             self.fd = libbpf.obj_get(self.path)
         except FileNotFoundError as exc:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 from dataclasses import dataclass
 
 DEFAULT_ROOT = "/sys/fs/bpf/xdpcni"
@@ -34,8 +36,10 @@ class PinLayout:
 
     @property
     def key(self) -> str:
-        """The pin root as one file name, for state and lock files in /run."""
-        return self.root.strip("/").replace("/", "_")
+        """The pin root as one file name, for state and lock files in /run: readable, and with a
+        digest of the exact path so /a/b/c and /a/b_c never share a state or lock file."""
+        digest = hashlib.sha256(os.path.normpath(self.root).encode()).hexdigest()[:12]
+        return f"{self.root.strip('/').replace('/', '_')}-{digest}"
 
     @property
     def state_file(self) -> str:
@@ -50,6 +54,37 @@ class PinLayout:
         return all(os.path.exists(self.prog(p)) for p in PROGRAMS) and all(
             os.path.exists(self.map(m)) for m in MAPS
         )
+
+
+class UnsafePath(RuntimeError):
+    """A directory the datapath would trust is not root's alone; str() says what to do."""
+
+
+def check_owned(path: str, stop_at: str = "/sys/fs/bpf") -> None:
+    """`path` and every existing directory between it and `stop_at` must belong to root and be
+    writable by nobody else: otherwise a local user could have created it first (e.g. right after
+    a reboot, on a world-writable bpffs) and could replace pins or lock files the datapath and the
+    CNI plugin act on. Missing directories are fine (they will be created 0700). Raises UnsafePath."""
+    path = os.path.normpath(path)
+    stop_at = os.path.normpath(stop_at)
+    cur = path
+    while True:
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+                raise UnsafePath(f"{cur} is not a plain directory: remove it, then load again")
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                raise UnsafePath(
+                    f"{cur} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: the "
+                    "datapath only trusts root-owned directories nobody else can write. Remove it "
+                    f"(rm -r {cur}) and mount bpffs with mode=0700 (as systemd does; `make setup` does)"
+                )
+        if cur == stop_at or cur == "/" or not cur.startswith(stop_at + "/"):
+            return
+        cur = os.path.dirname(cur)
 
 
 def is_bpffs(path: str) -> bool:
@@ -80,7 +115,8 @@ def ensure_bpffs(mountpoint: str = "/sys/fs/bpf") -> bool:
 
     libc = ct.CDLL(None, use_errno=True)
     # No library wraps mount(2) for bpffs; the raw call saves a dependency on util-linux's mount.
-    if libc.mount(b"bpf", mountpoint.encode(), b"bpf", 0, None) != 0:
+    # mode=0700 as systemd mounts it: a world-writable bpffs lets any user squat pin roots.
+    if libc.mount(b"bpf", mountpoint.encode(), b"bpf", 0, b"mode=0700") != 0:
         err = ct.get_errno()
         raise OSError(err, f"cannot mount bpffs on {mountpoint}: {os.strerror(err)} (run as root)")
     return True

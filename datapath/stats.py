@@ -17,6 +17,34 @@ class Count:
     bytes: int = 0
 
 
+def _ethtool(ifindex: int) -> list[tuple[str, int]]:
+    import socket
+
+    from pyroute2.ethtool.ioctl import IoctlEthtool
+
+    try:
+        eth = IoctlEthtool(socket.if_indextoname(ifindex))
+    except OSError:
+        return []
+    try:
+        return list(eth.get_statistics())
+    except Exception:
+        return []
+    finally:
+        eth.close()
+
+
+def xdp_lost(ifindex: int, where: str) -> int:
+    """Frames an XDP program redirected (and counted as forwarded) that the kernel lost afterwards,
+    from the veth's ethtool counters: where="nic" sums the NIC's rx_queue_<n>_drops (a failed
+    devmap redirect is dropped in the NIC's receive path: measured, e.g. a pod eth0 without an
+    XDP program or GRO; other receive drops of the NIC land there too), where="veth" sums a host
+    veth's tx_queue_<n>_xdp_xmit_errors. Kernel counters since the device came up; 0 when the
+    device is gone or has no such counters (physical NICs name theirs differently)."""
+    suffix = ("rx_queue_", "_drops") if where == "nic" else ("tx_queue_", "_xdp_xmit_errors")
+    return sum(v for k, v in _ethtool(ifindex) if k.startswith(suffix[0]) and k.endswith(suffix[1]))
+
+
 class Stats:
     def __init__(self, root: str = DEFAULT_ROOT):
         self.counters = PerCpuArray(PinLayout(root), "counters")

@@ -212,6 +212,21 @@ def start_liberal_marker(roots: list[str], log):
     return marker
 
 
+def restore_endpoints(roots: list[str], log) -> None:
+    """At start, as Cilium's agent does: every loaded datapath's maps and pod programs are made to
+    match the live pods (datapath/restore.py); a datapath that cannot be restored is logged."""
+    from datapath.pins import PinLayout
+    from datapath.restore import restore
+
+    for root in roots:
+        if not PinLayout(root).is_loaded():
+            continue
+        try:
+            log(f"restore {root}: {restore(root, log=lambda m: None).summary()}")
+        except Exception as exc:
+            log(f"restore {root} failed: {exc}")
+
+
 def serve(path: str = client.DEFAULT_SOCKET, log=None, roots: list[str] | None = None) -> int:
     log = log or (lambda m: print(f"xdpcni-agent: {m}", flush=True))
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -252,6 +267,7 @@ def serve(path: str = client.DEFAULT_SOCKET, log=None, roots: list[str] | None =
     watcher = threading.Thread(target=watch_netfilter, args=(roots, stop_watch, log), daemon=True)
     watcher.start()
     marker = start_liberal_marker(roots, log)
+    restore_endpoints(roots, log)
     try:
         while not stopping:
             try:

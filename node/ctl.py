@@ -103,6 +103,8 @@ def cmd_status(args) -> int:
         print(f"xdpcni datapath: loaded under {root}")
         print(f"  NIC {s.get('nic')} (ifindex {s.get('nic_ifindex')}), mode {s.get('mode')}")
         print(f"  programs built by {s.get('toolchain')}")
+        if s.get("restore"):
+            print(f"  at load: {s['restore']}")
         if s.get("fallback"):
             print(f"  fallback: {s['fallback']}")
         print(
@@ -162,7 +164,8 @@ def cmd_endpoints(args) -> int:
 
 def cmd_stats(args) -> int:
     from datapath.endpoints import EndpointTable
-    from datapath.stats import Stats
+    from datapath.loader import NodeState
+    from datapath.stats import Stats, xdp_lost
 
     root = _root(args)
     with EndpointTable(root) as table:
@@ -172,18 +175,29 @@ def cmd_stats(args) -> int:
     with Stats(root) as stats:
         for ep_id in ids:
             for reason, c in stats.endpoint(ep_id).items():
-                rows.append((ep_id, reason, c))
+                rows.append((ep_id, reason.name, c.packets, c.bytes))
+    # XDP mode: a redirect the program counted as delivered can still fail in the veth afterwards;
+    # the kernel counts those on the host veth, and they are reconciled here.
+    state = NodeState.read(root)
+    if state is not None and state.mode == "xdp":
+        if 0 in ids and (lost := xdp_lost(state.nic_ifindex, "nic")):
+            rows.append((0, "DROP_XDP_LOST", lost, None))
+        for ep_id in ids:
+            if ep_id in eps and (lost := xdp_lost(eps[ep_id].ifindex, "veth")):
+                rows.append((ep_id, "DROP_XDP_LOST", lost, None))
     if args.json:
-        print(
-            json.dumps(
-                [{"ep_id": i, "reason": r.name, "packets": c.packets, "bytes": c.bytes} for i, r, c in rows]
-            )
-        )
+        print(json.dumps([{"ep_id": i, "reason": r, "packets": p, "bytes": b} for i, r, p, b in rows]))
         return 0
     print(f"{'EP':>4}  {'WHO':24}  {'REASON':18}  {'PACKETS':>10}  {'BYTES':>12}")
-    for ep_id, reason, c in rows:
+    for ep_id, reason, packets, nbytes in rows:
         who = "node" if ep_id == 0 else (eps[ep_id].ips[0] if ep_id in eps and eps[ep_id].ips else "?")
-        print(f"{ep_id:>4}  {who:24}  {reason.name.lower():18}  {c.packets:>10}  {c.bytes:>12}")
+        shown = "-" if nbytes is None else nbytes
+        print(f"{ep_id:>4}  {who:24}  {reason.lower():18}  {packets:>10}  {shown:>12}")
+    if state is not None and state.mode == "xdp":
+        print(
+            "drop_xdp_lost: kernel counters after the program (NIC receive drops, e.g. failed redirects; "
+            "host veth XDP transmit errors), since the device came up"
+        )
     return 0
 
 

@@ -68,9 +68,15 @@ else
   exit 1
 fi
 
+# mode=0700 as systemd mounts it: on a world-writable bpffs any local user can create the pin root
+# first and steer the datapath (the loader refuses such a root; this keeps it from happening).
 if ! mountpoint -q /sys/fs/bpf; then
-  mount -t bpf bpf /sys/fs/bpf
-  say "mounted bpffs on /sys/fs/bpf"
+  mount -t bpf -o mode=0700 bpf /sys/fs/bpf
+  say "mounted bpffs on /sys/fs/bpf (mode 0700)"
+elif [ "$(stat -c %a /sys/fs/bpf)" != "700" ]; then
+  old=$(stat -c %a /sys/fs/bpf)
+  chmod 0700 /sys/fs/bpf  # bpffs applies mode= only at mount time; its root inode takes chmod
+  say "bpffs root was mode $old; now 0700"
 else
-  say "bpffs mounted"
+  say "bpffs mounted (mode 0700)"
 fi

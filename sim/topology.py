@@ -59,6 +59,16 @@ def _sysctl(ns: str, key: str, value: str) -> None:
         fh.write(value)
 
 
+def _no_dad(ns: str) -> None:
+    """No IPv6 duplicate address detection on the simulator's links: every address (link-local
+    included) is usable the moment its link is up. With DAD, neighbour discovery in the first
+    second or two after a node is made raced the link-local address's tentative phase and the
+    first IPv6 exchange of a test could fail (seen once the datapath loaded in 0.3 s instead of
+    10 s); the simulated links cannot have duplicates anyway."""
+    for scope in ("all", "default"):
+        _sysctl(ns, f"net.ipv6.conf.{scope}.accept_dad", "0")
+
+
 @dataclass
 class Pod:
     name: str
@@ -130,11 +140,14 @@ class Node:
         ns = f"{self.ns}-{name}"
         netns.create(ns)
         self.cluster.namespaces.append(ns)
+        _no_dad(ns)
         ips = [str(self.cidr4[n]), str(self.cidr6[n])]
         pod = Pod(name, ns, self, ips)
         with entered(self.ns), IPRoute() as ipr:
             host_if = plumbing.host_ifname_for(ns, "eth0")
-            link = plumbing.create_veth(ipr, f"/var/run/netns/{ns}", host_if, "eth0", mtu)
+            link = plumbing.create_veth(
+                ipr, f"/var/run/netns/{ns}", host_if, "eth0", mtu, mark=plumbing.owner_mark("sim", ns, "eth0")
+            )
             plumbing.configure_pod_side(f"/var/run/netns/{ns}", link, ips)
             plumbing.configure_host_side(ipr, link, ips)
             with IPRoute(netns=f"/var/run/netns/{ns}") as pod_ipr:
@@ -170,6 +183,7 @@ class Cluster:
     def _make_wire(self) -> None:
         netns.create(self.wire)
         self.namespaces.append(self.wire)
+        _no_dad(self.wire)
         with IPRoute(netns=f"/var/run/netns/{self.wire}") as w:
             w.link("set", index=w.link_lookup(ifname="lo")[0], state="up")
             w.link("add", ifname="br0", kind="bridge")
@@ -185,6 +199,7 @@ class Cluster:
         ns = f"{self.prefix}-n{i}"
         netns.create(ns)
         self.namespaces.append(ns)
+        _no_dad(ns)
         port = f"n{i}"
         nic_ip4, nic_ip6 = str(WIRE_V4[10 + i]), str(WIRE_V6[10 + i])
         with IPRoute(netns=f"/var/run/netns/{self.wire}") as w:

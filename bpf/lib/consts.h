@@ -8,6 +8,7 @@
 /* endpoint_info.flags: features that live in the host stack and that the fast path would skip.
  * The CNI sets them when a chained plugin needs the kernel path for this pod. */
 #define XDPCNI_EP_F_INGRESS_VIA_STACK (1u << 0) /* to the pod: e.g. bandwidth's tbf on the host veth */
+#define XDPCNI_EP_F_NODE (1u << 2) /* not a pod: one of the node's own addresses (source validation) */
 #define XDPCNI_EP_F_EGRESS_VIA_STACK (1u << 1) /* from the pod: e.g. portmap's DNAT (conntrack reverses it) */
 
 /* node_config.flags */
@@ -43,7 +44,8 @@ enum xdpcni_reason {
 	REASON_PASS_CONNTRACK = 20,   /* no assured, established conntrack entry for the flow (yet) */
 	REASON_PASS_NAT = 21,         /* conntrack translates the flow (DNAT, SNAT, IPVS): the stack must */
 	REASON_PASS_PROTO = 22,       /* not TCP/UDP, or TCP SYN/FIN/RST: conntrack must see it */
-	__REASON_COUNT = 23,
+	REASON_DROP_VLAN = 23,        /* pod sent an 802.1Q/802.1ad-tagged frame (VLAN hopping) */
+	__REASON_COUNT = 24,
 };
 
 /* Every check_*() returns CHECK_OK when the packet may go on towards the fast path, otherwise the

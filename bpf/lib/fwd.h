@@ -30,7 +30,7 @@ struct fwd_plan {
 static __always_inline bool reason_drops(int reason)
 {
 	return reason == REASON_DROP_SPOOF_MAC || reason == REASON_DROP_SPOOF_IP ||
-	       reason == REASON_DROP_REDIRECT;
+	       reason == REASON_DROP_REDIRECT || reason == REASON_DROP_VLAN;
 }
 
 static __always_inline bool mac_eq(const __u8 *a, const __u8 *b)
@@ -73,6 +73,18 @@ static __always_inline bool ipv6_martian(const struct in6_addr *a)
 		return (w2 == 0 && w3 <= 1) || w2 == 0xffff;
 	}
 	return false;
+}
+
+/* :: (duplicate address detection) and fe80::/10 (neighbour discovery): a pod's legitimate
+ * non-routable IPv6 sources. */
+static __always_inline bool ipv6_unspecified_or_link_local(const struct in6_addr *a)
+{
+	__u32 w0 = bpf_ntohl(a->in6_u.u6_addr32[0]);
+
+	if ((w0 >> 22) == (0xfe80 >> 6))
+		return true;
+	return !(a->in6_u.u6_addr32[0] | a->in6_u.u6_addr32[1] | a->in6_u.u6_addr32[2] |
+		 a->in6_u.u6_addr32[3]);
 }
 
 static __always_inline bool ipv6_is_ext_header(__u8 nexthdr)

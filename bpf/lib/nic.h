@@ -50,8 +50,12 @@ static __always_inline int nic_decide(struct ctx_buff *ctx, struct node_config *
 	r = check_ip(proto, &nh, data_end, ctx_len(ctx), plan);
 	if (r != CHECK_OK)
 		return r;
+	/* Source validation the kernel does (martian source, rp_filter): a frame from the wire with a
+	 * local pod's or the node's own address as source is not the fast path's to deliver. */
+	if (endpoints_lookup(&plan->src))
+		return REASON_PASS_MARTIAN;
 	ep = endpoints_lookup(&plan->dst);
-	if (!ep)
+	if (!ep || (ep->flags & XDPCNI_EP_F_NODE))
 		return REASON_PASS_NO_ENDPOINT;
 	*epp = ep;
 	if (ep->flags & XDPCNI_EP_F_INGRESS_VIA_STACK)

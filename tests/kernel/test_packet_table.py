@@ -341,6 +341,13 @@ CASES = [
     passed("v4-dst-multicast", lambda e: udp4(e, 0, dst="224.0.0.5"), Reason.PASS_MARTIAN),
     passed("v6-src-link-local", lambda e: udp6(e, 0, src="fe80::1"), Reason.PASS_MARTIAN),
     passed("v6-dst-multicast", lambda e: udp6(e, 0, dst="ff02::1"), Reason.PASS_MARTIAN),
+    # ---- sources the kernel's source validation rejects (martian source, rp_filter): the node's
+    # own addresses and local pods' addresses arriving from the wire
+    passed("v4-src-node-ip", lambda e: udp4(e, 0, src=e.node.nic_ip4), Reason.PASS_MARTIAN),
+    passed("v6-src-node-ip", lambda e: udp6(e, 0, src=e.node.nic_ip6), Reason.PASS_MARTIAN),
+    passed("v4-src-local-pod", lambda e: udp4(e, 0, src=e.pods[1].ip4), Reason.PASS_MARTIAN),
+    passed("v6-src-local-pod", lambda e: udp6(e, 0, src=e.pods[1].ip6), Reason.PASS_MARTIAN),
+    passed("v4-src-own-pod", lambda e: udp4(e, 0, src=e.pods[0].ip4), Reason.PASS_MARTIAN),
     passed("v4-unknown-pod-ip", lambda e: udp4(e, 0, dst=str(e.node.cidr4[200])), Reason.PASS_NO_ENDPOINT),
     passed("v6-unknown-pod-ip", lambda e: udp6(e, 0, dst=str(e.node.cidr6[200])), Reason.PASS_NO_ENDPOINT),
     passed("v4-node-itself", lambda e: udp4(e, 0, dst=e.node.nic_ip4), Reason.PASS_NO_ENDPOINT),

@@ -38,6 +38,7 @@ def test_constants_match_c():
     assert _c_define("XDPCNI_EP_F_INGRESS_VIA_STACK") == abi.EP_F_INGRESS_VIA_STACK
     assert _c_define("XDPCNI_EP_F_EGRESS_VIA_STACK") == abi.EP_F_EGRESS_VIA_STACK
     assert _c_define("XDPCNI_NODE_F_CONNTRACK") == abi.NODE_F_CONNTRACK
+    assert _c_define("XDPCNI_EP_F_NODE") == abi.EP_F_NODE
 
 
 def _c_struct_fields() -> dict[str, list[str]]:

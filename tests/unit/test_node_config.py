@@ -40,3 +40,12 @@ def test_shipped_conflist_parses():
 def test_bad_node_config(data, needle):
     with pytest.raises(ConfigError, match=needle):
         NodeConfig.from_dict(data)
+
+
+def test_pin_roots_never_share_state_or_lock_files():
+    from datapath.pins import PinLayout
+
+    a, b = PinLayout("/sys/fs/bpf/X/c/d"), PinLayout("/sys/fs/bpf/X/c_d")
+    assert a.state_file != b.state_file
+    assert a.lock_file() != b.lock_file() and a.lock_file(".load") != b.lock_file(".load")
+    assert PinLayout("/sys/fs/bpf/X/c_d").key == PinLayout("/sys/fs/bpf/X/c_d/").key
