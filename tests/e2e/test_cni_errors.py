@@ -1,7 +1,8 @@
-"""Issue 3, acceptance 5: malformed input gets the spec's error object with the right code,
-a non-zero exit, and changes nothing on the node."""
+"""Issue 3, acceptance 5 (and issue 10): malformed or hostile input gets the spec's error object
+with the right code, a non-zero exit, and changes nothing on the node."""
 
 import json
+import os
 
 import pytest
 
@@ -89,7 +90,72 @@ CASES = [
         103,
     ),
     ("already-attached", "ADD", lambda rt, n: _conf(rt), {"CNI_CONTAINERID": "keeper"}, 105),
+    # Issue 10, case 4: nested too deeply for any decoder: a decode error object, every verb.
+    *[(f"deep-nesting-{v}", v, lambda rt, n: DEEP, {}, 6) for v in ("ADD", "DEL", "CHECK", "GC", "STATUS")],
+    ("deep-object-nesting", "ADD", lambda rt, n: b'{"a":' * 50_000 + b"1" + b"}" * 50_000, {}, 6),
+    # Case 5/7: the spec's character rules exactly (a `$` would accept a trailing newline).
+    ("name-trailing-newline", "ADD", lambda rt, n: _conf(rt, name="xdpcni-test\n"), {}, 7),
+    ("containerid-trailing-newline", "ADD", lambda rt, n: _conf(rt), {"CNI_CONTAINERID": "victim\n"}, 4),
+    ("containerid-trailing-newline-del", "DEL", lambda rt, n: _conf(rt), {"CNI_CONTAINERID": "keeper\n"}, 4),
+    ("ifname-nbsp", "ADD", lambda rt, n: _conf(rt), {"CNI_IFNAME": "e\u00a00"}, 4),
+    ("ifname-newline", "DEL", lambda rt, n: _conf(rt), {"CNI_IFNAME": "eth0\n"}, 4),
+    # Case 9: the node's own namespace, the host's: never a pod's.
+    ("netns-host", "ADD", lambda rt, n: _conf(rt), {"CNI_NETNS": "/proc/1/ns/net"}, 4),
+    ("netns-node-own", "ADD", lambda rt, n: _conf(rt), lambda n: {"CNI_NETNS": f"/var/run/netns/{n.ns}"}, 4),
+    (
+        "netns-node-own-check",
+        "CHECK",
+        lambda rt, n: _prev(rt),
+        lambda n: {"CNI_NETNS": f"/var/run/netns/{n.ns}"},
+        4,
+    ),
+    # Case 3: CHECK on a namespace that does not exist (and is not created).
+    (
+        "check-missing-netns",
+        "CHECK",
+        lambda rt, n: _prev(rt),
+        {"CNI_NETNS": "/var/run/netns/xdpcni-no-such-ns"},
+        4,
+    ),
+    # Case 14: code 4/7 where 100 was answered.
+    ("ifname-16-bytes", "ADD", lambda rt, n: _conf(rt), {"CNI_IFNAME": "\u00e9" * 8}, 4),
+    ("netns-regular-file", "ADD", lambda rt, n: _conf(rt), {"CNI_NETNS": "/etc/hostname"}, 4),
+    ("netns-other-ns-type", "ADD", lambda rt, n: _conf(rt), {"CNI_NETNS": "/proc/self/ns/uts"}, 4),
+    ("datadir-nul", "ADD", lambda rt, n: _conf(rt, dataDir=n.data_dir + "\u0000x"), {}, 7),
+    ("datadir-dotdot", "ADD", lambda rt, n: _conf(rt, dataDir=n.data_dir + "/../escape"), {}, 7),
+    ("name-300", "ADD", lambda rt, n: _conf(rt, name="n" * 300), {}, 7),
+    (
+        "bpffs-root-dotdot",
+        "ADD",
+        lambda rt, n: _conf(rt, bpffsRoot="/sys/fs/bpf/../../tmp/xdpcni-escape"),
+        {},
+        7,
+    ),
+    ("nic-too-long", "ADD", lambda rt, n: _conf(rt, nic="x" * 16), {}, 7),
+    ("prev-result-malformed", "CHECK", lambda rt, n: _conf(rt, prevResult={"ips": [1]}), {}, 7),
+    (
+        "prev-result-bad-address",
+        "CHECK",
+        lambda rt, n: _conf(rt, prevResult={"ips": [{"address": "x"}]}),
+        {},
+        7,
+    ),
+    ("runtimeconfig-not-object", "ADD", lambda rt, n: _conf(rt, runtimeConfig=[1]), {}, 7),
+    ("lock-timeout-negative", "ADD", lambda rt, n: _conf(rt, lockTimeout=-1), {}, 7),
+    (
+        "gc-needs-cni-path",
+        "GC",
+        lambda rt, n: _conf(rt, **{"cni.dev/valid-attachments": []}),
+        {"CNI_PATH": ""},
+        4,
+    ),
 ]
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def _prev(rt):
+    """A well-formed CHECK config for the kept pod."""
+    return _conf(rt, prevResult=rt.cache["keeper/eth0"])
 
 
 @pytest.fixture
@@ -108,7 +174,7 @@ def test_malformed_input_table(cluster, node, runtime, keeper):
     for case_id, command, build, env, code in CASES:
         before = snapshot(node)
         conf = build(runtime, node)
-        extra = dict(env)
+        extra = dict(env(node) if callable(env) else env)
         cid = extra.pop("CNI_CONTAINERID", "victim")
         ifname = extra.pop("CNI_IFNAME", "eth0")
         netns_path = extra.pop("CNI_NETNS", f"/var/run/netns/{pod_ns}")
@@ -120,6 +186,7 @@ def test_malformed_input_table(cluster, node, runtime, keeper):
         assert set(inv.out) <= {"cniVersion", "code", "msg", "details"} and inv.out["msg"], (case_id, inv.out)
         assert inv.out["cniVersion"] in ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"), (case_id, inv.out)
         assert snapshot(node) == before, f"{case_id}: the node changed"
+    assert not os.path.exists("/tmp/xdpcni-escape") and not os.path.exists("/var/run/netns/xdpcni-no-such-ns")
     # The pod never got an interface from any of those calls.
     from pyroute2 import IPRoute
 

@@ -50,7 +50,8 @@ def test_status_ready_states(cluster, node, runtime):
     ns = runtime.new_pod_netns("s")
     assert runtime.add("st", ns).ok
     assert runtime.call("STATUS").ok
-    # No address left in a range set: not available (50).
+    # No address left in a range set: still ready (issue 10, case 13): containerd would mark the
+    # node NotReady and evict its pods; the full range fails only the ADD that needs an address.
     one = {
         "type": "xdpcni",
         "ranges": [
@@ -58,7 +59,17 @@ def test_status_ready_states(cluster, node, runtime):
         ],
     }
     inv = runtime.call("STATUS", runtime.xdpcni_conf(ipam=one))
-    assert inv.rc == 1 and inv.out["code"] == 50 and "no free address" in inv.out["msg"]
+    assert inv.ok, inv.stdout
+    # Loaded, but its NIC is gone: no ADD can work, not available (50).
+    from sim.topology import run_in
+
+    run_in(node.ns, "ip", "link", "set", node.nic, "name", "nicgone")
+    try:
+        inv = runtime.call("STATUS")
+        assert inv.rc == 1 and inv.out["code"] == 50 and node.nic in inv.out["msg"], inv.stdout
+    finally:
+        run_in(node.ns, "ip", "link", "set", "nicgone", "name", node.nic)
+    assert runtime.call("STATUS").ok
     # STATUS is a 1.1.0 verb.
     assert runtime.call("STATUS", runtime.xdpcni_conf(cniVersion="1.0.0")).out["code"] == 1
 
