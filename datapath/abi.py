@@ -12,6 +12,7 @@ import ctypes as ct
 import enum
 import ipaddress
 
+ABI_VERSION = 2  # XDPCNI_ABI_VERSION
 MAX_ENDPOINTS = 4096
 REASON_MAX = 24
 FAMILY_IPV4 = 4
@@ -98,7 +99,7 @@ class NodeConfig(ct.Structure):
         ("nic_mac", Mac),
         ("vlan_id", ct.c_uint16),
         ("flags", ct.c_uint32),
-        ("pad", ct.c_uint32),
+        ("abi_version", ct.c_uint32),
     ]
 
 
@@ -121,6 +122,17 @@ MAP_LAYOUT = {
     "node_cfg": (ct.c_uint32, NodeConfig),
     "counters": (ct.c_uint32, Counter),
     "tx_ports": (ct.c_uint32, ct.c_uint32),
+}
+
+# map name -> (BPF map type, max_entries) as bpf/lib/maps.h declares them. With MAP_LAYOUT this
+# is a map's whole layout: the loader compares it with pins left by another version and migrates
+# those that differ (datapath/loader.py _set_aside_other_layouts).
+MAP_SPECS = {
+    "endpoints": (1, 2 * MAX_ENDPOINTS),  # BPF_MAP_TYPE_HASH
+    "ifaces": (1, MAX_ENDPOINTS),
+    "node_cfg": (2, 1),  # BPF_MAP_TYPE_ARRAY
+    "counters": (6, MAX_ENDPOINTS * REASON_MAX),  # BPF_MAP_TYPE_PERCPU_ARRAY
+    "tx_ports": (25, MAX_ENDPOINTS),  # BPF_MAP_TYPE_DEVMAP_HASH
 }
 
 

@@ -14,6 +14,7 @@ it opens the pins this module leaves behind.
 
 from __future__ import annotations
 
+import ctypes as ct
 import json
 import os
 import sys
@@ -200,7 +201,62 @@ def load(cfg: NodeConfig, log=print) -> NodeState:
     except BaseException:
         if fresh:
             _undo_first_load(layout, made.get("nic_ifindex"))
+        else:  # a failed upgrade: the old maps go back where the running programs' users find them
+            for old in made.get("set_aside", []):
+                os.replace(old, old[: -len(ASIDE)])
         raise
+
+
+ASIDE = "_old"  # suffix of a pin set aside during an upgrade (bpffs names cannot have dots)
+
+
+def _set_aside_other_layouts(layout: PinLayout, log) -> list[str]:
+    """Pinned maps of another layout (an older or newer xdpcni: other key/value size, type or
+    size) cannot be reused by the new programs. Rename them aside so the new programs create maps
+    of their own layout, which restore() then fills from the live pods; the running (old)
+    programs keep using the old maps until the new ones replace them, so traffic never stops, and
+    the old pins go once the new programs are attached. Returns the set-aside pin paths."""
+    aside = []
+    version = _pinned_abi_version(layout)
+    if version not in (None, abi.ABI_VERSION):
+        log(f"  pinned maps are ABI version {version}, this loader writes {abi.ABI_VERSION}")
+    for name, (key_t, value_t) in abi.MAP_LAYOUT.items():
+        path = layout.map(name)
+        if not os.path.exists(path):
+            continue
+        fd = libbpf.obj_get(path)
+        try:
+            info = libbpf.map_info(fd)
+        finally:
+            os.close(fd)
+        want = (abi.MAP_SPECS[name][0], ct.sizeof(key_t), ct.sizeof(value_t), abi.MAP_SPECS[name][1])
+        have = (info.type, info.key_size, info.value_size, info.max_entries)
+        if have == want and version in (None, abi.ABI_VERSION):
+            continue
+        if os.path.exists(path + ASIDE):
+            os.unlink(path + ASIDE)  # left by an interrupted upgrade
+        os.replace(path, path + ASIDE)
+        aside.append(path + ASIDE)
+        log(
+            f"  map {name} has another layout (type, key, value, entries = {have}, this version {want}): "
+            "migrating (new map, endpoints restored from the live pods; counters start at zero)"
+        )
+    return aside
+
+
+def _pinned_abi_version(layout: PinLayout) -> int | None:
+    """The ABI version the pinned node_cfg was written with (None: nothing pinned yet; 0: by a
+    loader from before versions, or a layout too different to tell)."""
+    if not os.path.exists(layout.map("node_cfg")):
+        return None
+    fd = libbpf.obj_get(layout.map("node_cfg"))
+    try:
+        if libbpf.map_info(fd).value_size != ct.sizeof(abi.NodeConfig):
+            return 0
+        cfg = abi.NodeConfig()
+        return cfg.abi_version if libbpf.map_lookup(fd, ct.c_uint32(0), cfg) else 0
+    finally:
+        os.close(fd)
 
 
 def _attach_nic(
@@ -244,6 +300,7 @@ def _load(cfg: NodeConfig, layout: PinLayout, log, made: dict) -> NodeState:
         nic_mac = ipr.get_links(nic_ifindex)[0].get_attr("IFLA_ADDRESS")
         mode = resolve_mode(ipr, nic_ifindex, cfg.mode)
 
+        made["set_aside"] = _set_aside_other_layouts(layout, log)
         keep, fds, toolchain = load_programs(layout, log)
         for m in os.listdir(layout.maps_dir):
             os.chmod(layout.map(m), 0o600)
@@ -257,6 +314,7 @@ def _load(cfg: NodeConfig, layout: PinLayout, log, made: dict) -> NodeState:
                     nic_mac=abi.mac_to_bytes(nic_mac),
                     vlan_id=cfg.vlan,
                     flags=abi.NODE_F_CONNTRACK if conntrack_check else 0,
+                    abi_version=abi.ABI_VERSION,
                 ),
             )
         sysctl.enable_forwarding(cfg.nic)
@@ -280,6 +338,8 @@ def _load(cfg: NodeConfig, layout: PinLayout, log, made: dict) -> NodeState:
         from .restore import restore  # (pod.py imports this module)
 
         restored = restore(layout.root, log).summary()
+        for old in made.pop("set_aside"):  # the new programs are attached: the old maps may go
+            os.unlink(old)
 
         prog_ids = {name: libbpf.prog_info(fd).id for name, fd in fds.items()}
         del keep  # pinned and attached: the BCC objects (and their fds) may go

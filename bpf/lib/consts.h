@@ -2,6 +2,10 @@
 /* Constants shared by every xdpcni program. Mirrored in datapath/abi.py (a test compares them). */
 #pragma once
 
+/* Version of the pinned maps' layout and meaning (bump it with any change to structs.h, this
+ * file's sizes or the reason numbering); node_cfg carries it, and a loader that finds another
+ * version migrates the maps (datapath/loader.py). 0: written before versions existed. */
+#define XDPCNI_ABI_VERSION 2
 #define XDPCNI_MAX_ENDPOINTS 4096 /* endpoint ids 1..4095; id 0 counts node-level traffic */
 #define XDPCNI_REASON_MAX 24      /* counters per endpoint; >= number of enum entries below */
 

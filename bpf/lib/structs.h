@@ -33,7 +33,7 @@ struct node_config {
 	__u8 nic_mac[6];   /* only unicast frames to this MAC take the fast path */
 	__u16 vlan_id;     /* 802.1Q VLAN carried on the NIC for pods, 0 = none */
 	__u32 flags;       /* XDPCNI_NODE_F_*, written by the loader and the netfilter sync */
-	__u32 pad;
+	__u32 abi_version; /* XDPCNI_ABI_VERSION of the loader that wrote the pinned maps */
 };
 
 /* counters map value (per CPU), index ep_id * XDPCNI_REASON_MAX + reason. */

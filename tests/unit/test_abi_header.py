@@ -33,6 +33,7 @@ def test_reason_enum_matches_c():
 
 
 def test_constants_match_c():
+    assert _c_define("XDPCNI_ABI_VERSION") == abi.ABI_VERSION
     assert _c_define("XDPCNI_MAX_ENDPOINTS") == abi.MAX_ENDPOINTS
     assert _c_define("XDPCNI_REASON_MAX") == abi.REASON_MAX
     assert _c_define("XDPCNI_EP_F_INGRESS_VIA_STACK") == abi.EP_F_INGRESS_VIA_STACK
