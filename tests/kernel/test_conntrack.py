@@ -608,3 +608,44 @@ def test_idle_udp_flow_outlives_a_short_timeout(gate_env):
         assert "ASSURED" in out, f"the entry expired: {out!r}"
     finally:
         sysctl(node.ns, "net.netfilter.nf_conntrack_udp_timeout_stream", "120")
+
+
+def test_established_tcp_outlives_a_short_timeout_on_the_fast_path(gate_env):
+    """TCP too: established timeout at 3 s, a connection sending every 0.5 s for 6 s takes the
+    fast path after the handshake and its entry is still ESTABLISHED at the end."""
+    c = gate_env
+    node = c.nodes[0]
+    pod = node.pods[0]
+    sysctl(node.ns, "net.netfilter.nf_conntrack_tcp_be_liberal", "1")
+    sysctl(node.ns, "net.netfilter.nf_conntrack_tcp_timeout_established", "3")
+    conntrack(node.ns, "-F", check=False)
+    with entered(pod.ns):
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((pod.ip4, 47300))
+        srv.listen(1)
+    with entered(c.wire):
+        cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.settimeout(3)
+    cli.settimeout(3)
+    try:
+        cli.connect((pod.ip4, 47300))
+        conn, _ = srv.accept()
+        conn.settimeout(3)
+        time.sleep(0.1)  # the handshake's last ACK made the entry ESTABLISHED + ASSURED
+        with Stats(node.pin_root) as st:
+            fast0 = st.packets(pod.ep.ep_id, Reason.FWD_NIC_TO_POD)
+        for i in range(12):
+            cli.sendall(b"t%02d" % i)
+            assert conn.recv(16) == b"t%02d" % i
+            time.sleep(0.5)
+        with Stats(node.pin_root) as st:
+            assert st.packets(pod.ep.ep_id, Reason.FWD_NIC_TO_POD) - fast0 == 12
+        out = conntrack(node.ns, "-L", "-p", "tcp", "--dport", "47300", check=False).stdout
+        assert "ESTABLISHED" in out, f"the entry expired: {out!r}"
+        conn.close()
+    finally:
+        cli.close()
+        srv.close()
+        sysctl(node.ns, "net.netfilter.nf_conntrack_tcp_timeout_established", "432000")
+        sysctl(node.ns, "net.netfilter.nf_conntrack_tcp_be_liberal", "0")
