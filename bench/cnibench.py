@@ -160,8 +160,8 @@ class PodNamespaces:
 
     def new(self, name: str) -> str:
         ns = f"{self.node.ns}-{name}"
+        self.made.append(ns)  # first: a signal during create() must not leave it unknown
         netns.create(ns)
-        self.made.append(ns)
         return ns
 
     def remove(self, ns: str) -> None:

@@ -311,6 +311,87 @@ def build(results: dict) -> tuple[list[dict], list[dict]]:
             if bs.get(key) is not None:
                 row("program cost", f"{label}, bpf_stats [ns/run]", "bpf_stats", bs[key], "ns")
 
+    # -- conntrack gate (bench/realnode.py gate_costs) ---------------------------------------------------
+    g = pc.get("conntrack_gate")
+    if g:
+        for hook in ("xdp", "tc"):
+            h = g.get(hook)
+            if not h:
+                continue
+            for proto in ("udp", "tcp"):
+                fig = f"{h['program']} test run, {proto.upper()} frame, conntrack gate [ns/pkt]"
+                for case, name in (
+                    ("off", "gate off (bypass)"),
+                    ("on_hit", "gate on, hit (assured entry)"),
+                    ("on_miss", "gate on, miss (no entry: to the stack)"),
+                ):
+                    row("conntrack gate", fig, name, h[f"{proto}_{case}_ns"], "ns")
+        for hook in ("xdp", "tc"):
+            h = g.get(hook)
+            if not h:
+                continue
+            for proto in ("udp", "tcp"):
+                for case in ("hit", "miss"):
+                    row(
+                        "conntrack gate",
+                        f"cost of the conntrack check (gate on minus off), {h['program']} [ns/pkt]",
+                        f"{proto.upper()} {case}",
+                        h[f"{proto}_check_{case}_ns"],
+                        "ns",
+                    )
+
+    # -- realistic node (bench/realnode.py) ----------------------------------------------------------
+    rn = results.get("realistic_node")
+    if rn and rn.get("tcp"):
+        names = {
+            "kernel": "realistic node: kernel path (conntrack, 1000 services)",
+            "respect": "realistic node: xdpcni TC, netfilter: respect",
+            "bypass": "realistic node: xdpcni TC, netfilter: bypass (reference)",
+        }
+        for direction, label in (("wire-to-pod", "wire host -> pod"), ("pod-to-wire", "pod -> wire host")):
+            for key, unit, fig in (
+                ("gbit_s", "Gbit/s", f"TCP bulk {label} [Gbit/s]"),
+                ("cpu_s_per_gb", "CPU-s/GB", f"TCP bulk {label} [CPU-s per GB, all CPUs]"),
+            ):
+                k = med(
+                    [r[key] for r in rn["tcp"] if r["direction"] == direction and r["config"] == "kernel"]
+                )
+                for config, name in names.items():
+                    v = med(
+                        [r[key] for r in rn["tcp"] if r["direction"] == direction and r["config"] == config]
+                    )
+                    if v is None:
+                        continue
+                    row(
+                        "realistic node",
+                        fig,
+                        name,
+                        v,
+                        unit,
+                        vs_kernel=None if config == "kernel" else ratio(v, k),
+                    )
+    if rn and rn.get("udp"):
+        names = {
+            "kernel": "realistic node: kernel path (conntrack, 1000 services)",
+            "respect": "realistic node: xdpcni TC, respect (one-way UDP never ASSURED: stack)",
+        }
+        for where, label in (
+            ("door", "to the pod's door"),
+            ("socket", "into the pod's socket, reader incl."),
+        ):
+            fig = f"UDP 64 B {label} [pkt per CPU-s]"
+            k = med([r["per_cpu_s"] for r in rn["udp"] if r["where"] == where and r["config"] == "kernel"])
+            for config, name in names.items():
+                v = med([r["per_cpu_s"] for r in rn["udp"] if r["where"] == where and r["config"] == config])
+                row(
+                    "realistic node",
+                    fig,
+                    name,
+                    v,
+                    "pps/CPU-s",
+                    vs_kernel=None if config == "kernel" else ratio(v, k),
+                )
+
     # -- CNI ------------------------------------------------------------------------------------------
     cni = results.get("cni")
     if cni and cni.get("add"):
@@ -432,6 +513,8 @@ def _fmt_val(v, unit):
         return f"{v / 1e6:.3f} M" if v >= 1e6 else f"{v / 1e3:.0f} k"
     if unit in ("us", "ms", "ns"):
         return f"{v:.1f} {unit}"
+    if unit in ("Gbit/s", "CPU-s/GB"):
+        return f"{v:.2f} {unit}"
     return str(v)
 
 
@@ -504,7 +587,7 @@ def plot(results: dict, rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
+    fig, axes = plt.subplots(3, 2, figsize=(14, 15))
     meta = results.get("meta", {})
     fig.suptitle(
         f"xdpcni benchmarks — {meta.get('date', '')}, kernel {meta.get('kernel', '')}, "
@@ -615,6 +698,54 @@ def plot(results: dict, rows: list[dict], path: str) -> None:
     ax.set_ylabel("ms (bar p50, whisker p99)")
     ax.set_title("CNI call latency (whole plugin process)", fontsize=10)
     if plugins:
+        ax.legend(fontsize=8)
+
+    # (e) conntrack gate cost
+    ax = axes[2][0]
+    g = results.get("program_cost", {}).get("conntrack_gate") or {}
+    groups = [(hook, proto) for hook in ("xdp", "tc") for proto in ("udp", "tcp") if hook in g]
+    cases = [
+        ("off", "gate off", "#888888"),
+        ("on_hit", "gate on, hit", "#1f77b4"),
+        ("on_miss", "gate on, miss", "#ff7f0e"),
+    ]
+    for ci, (case, label, color) in enumerate(cases):
+        xs = [gi + (ci - 1) * width for gi in range(len(groups))]
+        ys = [g[hook][f"{proto}_{case}_ns"] for hook, proto in groups]
+        bars = ax.bar(xs, ys, width, label=label, color=color)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(
+        range(len(groups)), [f"{g[h]['program']}\n{p.upper()} frame" for h, p in groups], fontsize=8
+    )
+    ax.margins(y=0.25)  # room for the legend above the bars
+    ax.set_ylabel("ns per packet (test run, minus empty program)")
+    ax.set_title("Conntrack gate (netfilter: respect) cost per packet", fontsize=10)
+    if groups:
+        ax.legend(fontsize=8)
+
+    # (f) realistic node, TCP bulk
+    ax = axes[2][1]
+    rn = (results.get("realistic_node") or {}).get("tcp") or []
+    dirs = [("wire-to-pod", "wire host -> pod"), ("pod-to-wire", "pod -> wire host")]
+    cfgs = [
+        ("kernel", "kernel path", "#888888"),
+        ("respect", "xdpcni TC, respect", "#1f77b4"),
+        ("bypass", "xdpcni TC, bypass", "#d62728"),
+    ]
+    for ci, (config, label, color) in enumerate(cfgs):
+        xs, ys = [], []
+        for di, (d, _) in enumerate(dirs):
+            v = med([r["gbit_s"] for r in rn if r["direction"] == d and r["config"] == config])
+            if v is not None:
+                xs.append(di + (ci - 1) * width)
+                ys.append(v)
+        if xs:
+            bars = ax.bar(xs, ys, width, label=label, color=color)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(range(len(dirs)), [d[1] for d in dirs], fontsize=8)
+    ax.set_ylabel("Gbit/s (median)")
+    ax.set_title("Realistic node: kube-proxy-like rules (1000 services), conntrack on; TCP bulk", fontsize=10)
+    if rn:
         ax.legend(fontsize=8)
 
     fig.tight_layout(rect=(0, 0, 1, 0.96))

@@ -4,9 +4,12 @@
      per CPU-second, in a veth-NIC model (trafgen) and a native-XDP-NIC model (live frames), with
      the kernel path and the XDP_DROP ceiling measured in the same run (bench/throughput.py);
   2. UDP latency, sockperf ping-pong, kernel path vs xdpcni (bench/latency.py);
-  3. program cost: BPF_PROG_TEST_RUN durations and bpf_stats during runs (bench/progcost.py);
-  4. CNI ADD/DEL latency, xdpcni vs the reference bridge and ptp plugins (bench/cnibench.py);
-  5. a printed table, results JSON (raw figures and ratios) and docs/bench.png (bench/report.py).
+  3. program cost: BPF_PROG_TEST_RUN durations and bpf_stats during runs (bench/progcost.py), and
+     the conntrack gate's cost in xdp_nic and tc_nic, off vs on, hit vs miss (bench/realnode.py);
+  4. a realistic node: kube-proxy-like nftables rules with conntrack on, kernel path vs the fast path
+     with netfilter: respect, TCP bulk (iperf3) both ways and the UDP flood (bench/realnode.py);
+  5. CNI ADD/DEL latency, xdpcni vs the reference bridge and ptp plugins (bench/cnibench.py);
+  6. a printed table, results JSON (raw figures and ratios) and docs/bench.png (bench/report.py).
 
 Safety: every host is a network namespace made here (prefix "xb" + 6 hex digits); nothing is
 attached to, addressed or routed through the root namespace; every phase is bounded in time and
@@ -32,6 +35,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LOCK_PATH = "/tmp/xdpcni-heavy.lock"
+CNI_FULL_S = (
+    230  # what the full CNI phase (100 pods, 10 and 1000 endpoints) takes on a slow day (190 s measured)
+)
 
 
 @dataclass
@@ -50,6 +56,10 @@ class Params:
     cni_pods: int
     existing: list[int] = field(default_factory=list)
     cycles: int = 15
+    gate_rounds: int = 5  # conntrack gate cost: rounds of every case (tr_repeat runs each)
+    rn_tcp_seconds: float = 3.0  # realistic node: iperf3 -t
+    rn_tcp_reps: int = 2  # realistic node: kernel and respect, each direction
+    rn_bypass_reps: int = 1  # realistic node: TC fast path with the gate off, for reference
     budget_s: int = 570  # hard stop for the whole run (alarm), cleanup included after it
 
     @classmethod
@@ -57,18 +67,20 @@ class Params:
         return cls(
             quick=False,
             reps=3,
-            veth_reps=4,
+            veth_reps=3,
             window=3.0,
             warmup=0.7,
             batches=[16, 32, 64, 128, 256],
             sweep_window=1.5,
-            lat_seconds=4,
+            lat_seconds=3,
             tr_repeat=1_000_000,
             tr_rounds=7,
             stats_window=2.0,
             cni_pods=100,
             existing=[10, 1000],
             cycles=15,
+            gate_rounds=4,
+            rn_tcp_seconds=2.0,
         )
 
     @classmethod
@@ -88,6 +100,10 @@ class Params:
             cni_pods=8,
             existing=[10, 100],
             cycles=3,
+            gate_rounds=3,
+            rn_tcp_seconds=1.0,
+            rn_tcp_reps=1,
+            rn_bypass_reps=0,
             budget_s=300,
         )
 
@@ -143,6 +159,19 @@ def machine() -> dict:
         bcc_version = getattr(bcc, "__version__", "?")
     except Exception:
         bcc_version = None
+    try:
+        from datapath.objload import libbpf_version
+
+        libbpf_v = ".".join(map(str, libbpf_version()))
+    except Exception:
+        libbpf_v = None
+    try:
+        import subprocess
+
+        clang = subprocess.run(["clang", "--version"], capture_output=True, text=True, timeout=10).stdout
+        clang = clang.splitlines()[0] if clang else None
+    except Exception:
+        clang = None
     return {
         "hostname": socket.gethostname(),
         "kernel": platform.release(),
@@ -152,6 +181,8 @@ def machine() -> dict:
         "memory": mem,
         "python": platform.python_version(),
         "bcc": bcc_version,
+        "clang": clang,
+        "libbpf": libbpf_v,
     }
 
 
@@ -194,11 +225,12 @@ class Bench:
 
     # -- phases --------------------------------------------------------------------------------------
     def setup(self) -> None:
-        from .bpfhelpers import BenchPrograms
+        from .bpfhelpers import BenchPrograms, xdp_attach_type_for
         from .topo import BenchNode
 
-        self.progs = BenchPrograms()
-        self.bn = BenchNode(self.progs, log=self.log)
+        # The datapath first: the helpers' XDP programs must match its toolchain (bench/bpfhelpers.py).
+        self.bn = BenchNode(None, log=self.log)
+        self.progs = self.bn.progs = BenchPrograms(xdp_attach_type_for(self.bn.toolchain))
         self.results["topology"] = {
             "prefix": self.bn.cluster.prefix,
             "node_ns": self.bn.node.ns,
@@ -206,6 +238,7 @@ class Bench:
             "pod_ip": self.bn.pod.ip4,
             "nic": self.bn.node.nic,
             "frame": "64-byte UDP/IPv4 (60 bytes + FCS), wire host 198.18.0.1 -> pod",
+            "toolchain": self.bn.toolchain,
         }
 
     def veth_throughput(self) -> None:
@@ -367,6 +400,39 @@ class Bench:
             "  bpf_stats: " + ", ".join(f"{k} {v} ns" for k, v in pc["bpf_stats"].items() if k != "note")
         )
 
+    def conntrack_gate_cost(self) -> None:
+        from .realnode import gate_costs
+
+        g = self.results.setdefault("program_cost", {})["conntrack_gate"] = gate_costs(
+            self.bn, self.p.tr_repeat, self.p.gate_rounds
+        )
+        for hook in ("xdp", "tc"):
+            h = g[hook]
+            bad = [k for k, c in h["checks"].items() if not c["ok"]]
+            self.log(
+                f"  {h['program']}: "
+                + ", ".join(f"{k} {h[k + '_ns']}" for k in ("udp_off", "udp_on_hit", "udp_on_miss"))
+                + "; "
+                + ", ".join(f"{k} {h[k + '_ns']}" for k in ("tcp_off", "tcp_on_hit", "tcp_on_miss"))
+                + " ns"
+                + (f"  WRONG VERDICT: {bad}" if bad else "")
+            )
+            if bad:
+                raise RuntimeError(f"{h['program']}: unexpected verdicts {bad}: {h['checks']}")
+
+    def realistic_node(self) -> None:
+        from .realnode import realistic_node
+
+        self.results["realistic_node"] = realistic_node(
+            self.bn,
+            tcp_seconds=self.p.rn_tcp_seconds,
+            tcp_reps=self.p.rn_tcp_reps,
+            bypass_reps=self.p.rn_bypass_reps,
+            udp_window=self.p.window,
+            udp_warmup=self.p.warmup,
+            log=self.log,
+        )
+
     def cni(self) -> None:
         from . import cnibench
 
@@ -430,6 +496,15 @@ def main(argv=None) -> int:
         bench.phase("throughput, native-XDP model (live frames)", bench.native_throughput)
         bench.phase("latency (sockperf)", bench.latency)
         bench.phase("program cost (test run, bpf_stats)", bench.program_cost)
+        bench.phase("conntrack gate cost (test run, gate off / on hit / on miss)", bench.conntrack_gate_cost)
+        bench.phase("realistic node (kube-proxy-like rules, conntrack; TCP and UDP)", bench.realistic_node)
+        # The CNI phase needs about 2.5 minutes for 100 pods; on a slow day the alarm would cut it
+        # short, so it does fewer pods (recorded) rather than none.
+        left = params.budget_s - (time.monotonic() - t0)
+        if not params.quick and left < CNI_FULL_S:
+            params.cni_pods = max(20, int(params.cni_pods * left / CNI_FULL_S) - 10)
+            bench.results["cni_pods_reduced"] = {"seconds_left": round(left), "pods": params.cni_pods}
+            log(f"  {left:.0f} s left: CNI phase with {params.cni_pods} pods")
         bench.phase("CNI ADD/DEL", bench.cni)
     except (Aborted, RuntimeError) as exc:
         log(f"bench: aborted: {exc}")

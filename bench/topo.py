@@ -18,16 +18,19 @@ suite's `make clean-test-state` never removes a running benchmark) and pinned un
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 import shutil
+import subprocess
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, netns
 
 from datapath import attach
-from datapath.loader import open_program
+from datapath.loader import NodeState, open_program
 from datapath.netns import entered
+from datapath.pins import LOCK_DIR, RUN_DIR, PinLayout
 from sim.topology import Cluster, Node, Pod
 
 BENCH_PIN_BASE = "/sys/fs/bpf/xdpcni-bench"
@@ -72,12 +75,21 @@ class BenchNode:
         self.log = log
         self.cluster = Cluster(1, prefix=prefix or bench_prefix())
         self.fds: dict[str, int] = {}
+        self.toolchain = "?"
         self.current: Config | None = None
         try:
             self.node: Node = self.cluster.nodes[0]
             self.node.pin_root = f"{BENCH_PIN_BASE}/{self.node.ns}"
-            self.log(f"  loading the xdpcni datapath in {self.node.ns} (BCC compile)")
-            self.node.load("tc")
+            self.log(f"  loading the xdpcni datapath in {self.node.ns}")
+            try:
+                self.node.load("tc")
+            except subprocess.CalledProcessError as exc:
+                raise RuntimeError(
+                    f"xdpcnictl load failed: {(exc.stderr or exc.stdout or '')[-2000:]}"
+                ) from exc
+            state = NodeState.read(self.node.pin_root)
+            self.toolchain = state.toolchain if state else "?"
+            self.log(f"  datapath toolchain: {self.toolchain}")
             self.pod: Pod = self.node.add_pod()
             for name in ("xdp_nic", "tc_nic", "tc_pod", "xdp_pod"):
                 self.fds[name] = open_program(self.node.pin_root, name)
@@ -156,7 +168,33 @@ class BenchNode:
                 pass
         self.fds.clear()
         self.cluster.teardown()
+        # Namespaces the phases made under this run's prefix and could not remove themselves (a
+        # signal between create and bookkeeping): the prefix is this run's alone.
+        prefix = f"{self.cluster.prefix}-"
+        try:
+            left = [n for n in os.listdir("/var/run/netns") if n.startswith(prefix)]
+        except FileNotFoundError:
+            left = []
+        for name in left:
+            try:
+                netns.remove(name)
+                self.log(f"  cleanup: removed leftover namespace {name}")
+            except OSError as exc:
+                self.log(f"  cleanup: namespace {name}: {exc}")
         shutil.rmtree(f"{BENCH_PIN_BASE}/{self.cluster.prefix}-n0", ignore_errors=True)
+        # State, lock and claim files the datapath and the CNI keep in /run for this pin root.
+        if getattr(self, "node", None) is not None:
+            key = PinLayout(self.node.pin_root).key
+            for path in glob.glob(os.path.join(RUN_DIR, glob.escape(key) + "*")) + glob.glob(
+                os.path.join(LOCK_DIR, glob.escape(key) + "*.lock")
+            ):
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
         try:
             os.rmdir(BENCH_PIN_BASE)
         except OSError:
