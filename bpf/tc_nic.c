@@ -30,14 +30,14 @@ int tc_nic(struct __sk_buff *ctx)
 	 * endpoint's veth is still registered: the CNI removes `ifaces` on DEL and GC sweeps entries
 	 * whose veth vanished. (XDP mode gets this from the DEVMAP, which drops dead devices.) */
 	if (!ifaces_lookup(&ep->ifindex)) {
-		count(ep->ep_id, REASON_DROP_REDIRECT, bytes);
+		account(ctx, XDPCNI_HOOK_TC_NIC, ep->ep_id, REASON_DROP_REDIRECT, bytes);
 		return TC_ACT_SHOT;
 	}
 	if (pop_vlan)
 		bpf_skb_vlan_pop(ctx);
-	count(ep->ep_id, REASON_FWD_NIC_TO_POD, bytes);
+	account(ctx, XDPCNI_HOOK_TC_NIC, ep->ep_id, REASON_FWD_NIC_TO_POD, bytes);
 	return bpf_redirect_peer(ep->ifindex, 0);
 pass:
-	count(ep ? ep->ep_id : 0, reason, bytes);
+	account(ctx, XDPCNI_HOOK_TC_NIC, ep ? ep->ep_id : 0, reason, bytes);
 	return TC_ACT_OK;
 }

@@ -37,7 +37,7 @@ static __always_inline int fib_forward(struct __sk_buff *ctx, struct fwd_plan *p
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		if (ctx_rewrite(ctx, plan, p.dmac, p.smac) < 0)
 			goto pass;
-		count(ep_id, REASON_FWD_POD_TO_NIC, bytes);
+		account(ctx, XDPCNI_HOOK_TC_POD, ep_id, REASON_FWD_POD_TO_NIC, bytes);
 		return bpf_redirect(p.ifindex, 0);
 	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
@@ -49,15 +49,15 @@ static __always_inline int fib_forward(struct __sk_buff *ctx, struct fwd_plan *p
 			nh.ipv4_nh = p.ipv4_dst;
 		else
 			__builtin_memcpy(nh.ipv6_nh, p.ipv6_dst, 16);
-		count(ep_id, REASON_FWD_POD_TO_NIC, bytes);
+		account(ctx, XDPCNI_HOOK_TC_POD, ep_id, REASON_FWD_POD_TO_NIC, bytes);
 		return redirect_neigh(p.ifindex, &nh, sizeof(nh), 0);
 	}
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-		count(ep_id, REASON_PASS_MTU, bytes);
+		account(ctx, XDPCNI_HOOK_TC_POD, ep_id, REASON_PASS_MTU, bytes);
 		return TC_ACT_OK;
 	}
 pass:
-	count(ep_id, REASON_PASS_FIB, bytes);
+	account(ctx, XDPCNI_HOOK_TC_POD, ep_id, REASON_PASS_FIB, bytes);
 	return TC_ACT_OK;
 }
 
@@ -120,9 +120,9 @@ int tc_pod(struct __sk_buff *ctx)
 		r = REASON_PASS_PADDING;
 		goto out;
 	}
-	count(ifc->ep_id, REASON_FWD_POD_TO_POD, bytes);
+	account(ctx, XDPCNI_HOOK_TC_POD, ifc->ep_id, REASON_FWD_POD_TO_POD, bytes);
 	return bpf_redirect_peer(dst_ep->ifindex, 0);
 out:
-	count(ifc->ep_id, r, bytes);
+	account(ctx, XDPCNI_HOOK_TC_POD, ifc->ep_id, r, bytes);
 	return reason_drops(r) ? TC_ACT_SHOT : TC_ACT_OK;
 }

@@ -42,9 +42,10 @@ int xdp_nic(struct xdp_md *ctx)
 	if (pop_vlan && xdp_pop_vlan(ctx) < 0)
 		return XDP_DROP; /* cannot happen: the tag was parsed above */
 	act = tx_ports_redirect(ep->ifindex, 0);
-	count(ep->ep_id, act == XDP_REDIRECT ? REASON_FWD_NIC_TO_POD : REASON_DROP_REDIRECT, bytes);
+	account(ctx, XDPCNI_HOOK_XDP_NIC, ep->ep_id,
+		act == XDP_REDIRECT ? REASON_FWD_NIC_TO_POD : REASON_DROP_REDIRECT, bytes);
 	return act;
 pass:
-	count(ep ? ep->ep_id : 0, reason, bytes);
+	account(ctx, XDPCNI_HOOK_XDP_NIC, ep ? ep->ep_id : 0, reason, bytes);
 	return XDP_PASS;
 }

@@ -18,6 +18,14 @@ REASON_MAX = 24
 FAMILY_IPV4 = 4
 FAMILY_IPV6 = 6
 
+# monitor_event.hook (bpf/lib/consts.h XDPCNI_HOOK_*): the program that reported a packet
+HOOK_XDP_NIC = 1
+HOOK_TC_NIC = 2
+HOOK_TC_POD = 3
+HOOK_MAX = 4
+HOOK_NAMES = {HOOK_XDP_NIC: "xdp_nic", HOOK_TC_NIC: "tc_nic", HOOK_TC_POD: "tc_pod"}
+MONITOR_RING_BYTES = 256 * 1024  # XDPCNI_MONITOR_RING_BYTES
+
 
 class Reason(enum.IntEnum):
     FWD_NIC_TO_POD = 0
@@ -107,6 +115,38 @@ class Counter(ct.Structure):
     _fields_ = [("packets", ct.c_uint64), ("bytes", ct.c_uint64)]
 
 
+class MonitorConfig(ct.Structure):
+    _fields_ = [("active", ct.c_uint32), ("sample_n", ct.c_uint32)]
+
+
+class MonitorEvent(ct.Structure):
+    _fields_ = [
+        ("ts_ns", ct.c_uint64),
+        ("ifindex", ct.c_uint32),
+        ("ep_id", ct.c_uint32),
+        ("len", ct.c_uint32),
+        ("hook", ct.c_uint8),
+        ("reason", ct.c_uint8),
+        ("family", ct.c_uint8),
+        ("l4proto", ct.c_uint8),
+        ("ethertype", ct.c_uint16),
+        ("sport", ct.c_uint16),  # network order
+        ("dport", ct.c_uint16),  # network order
+        ("vlan", ct.c_uint16),
+        ("src", ct.c_uint8 * 16),
+        ("dst", ct.c_uint8 * 16),
+        ("cpu", ct.c_uint32),
+        ("smac", Mac),
+        ("dmac", Mac),
+    ]
+
+
+class NoData(ct.Structure):
+    """Key and value of a map that has neither (BPF_MAP_TYPE_RINGBUF: both sizes are 0)."""
+
+    _fields_ = []
+
+
 def mac_to_bytes(mac: str) -> Mac:
     return Mac(*bytes.fromhex(mac.replace(":", "")))
 
@@ -122,6 +162,9 @@ MAP_LAYOUT = {
     "node_cfg": (ct.c_uint32, NodeConfig),
     "counters": (ct.c_uint32, Counter),
     "tx_ports": (ct.c_uint32, ct.c_uint32),
+    "monitor_cfg": (ct.c_uint32, MonitorConfig),
+    "monitor_seq": (ct.c_uint32, ct.c_uint64),
+    "monitor_events": (NoData, NoData),
 }
 
 # map name -> (BPF map type, max_entries) as bpf/lib/maps.h declares them. With MAP_LAYOUT this
@@ -133,6 +176,9 @@ MAP_SPECS = {
     "node_cfg": (2, 1),  # BPF_MAP_TYPE_ARRAY
     "counters": (6, MAX_ENDPOINTS * REASON_MAX),  # BPF_MAP_TYPE_PERCPU_ARRAY
     "tx_ports": (25, MAX_ENDPOINTS),  # BPF_MAP_TYPE_DEVMAP_HASH
+    "monitor_cfg": (2, 1),
+    "monitor_seq": (6, HOOK_MAX),
+    "monitor_events": (27, MONITOR_RING_BYTES),  # BPF_MAP_TYPE_RINGBUF
 }
 
 
@@ -143,4 +189,6 @@ C_STRUCTS = {
     "iface_info": IfaceInfo,
     "node_config": NodeConfig,
     "counter": Counter,
+    "monitor_config": MonitorConfig,
+    "monitor_event": MonitorEvent,
 }

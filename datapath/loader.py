@@ -104,11 +104,29 @@ def _ensure_devmap(layout: PinLayout) -> None:
         os.close(fd)
 
 
+def _ensure_monitor_maps(layout: PinLayout) -> None:
+    """The BCC build reports no monitor events and declares none of the monitor maps; create and
+    pin them so that every build leaves the same pins (`xdpcnictl monitor` then just hears nothing,
+    and a later clang load reuses them)."""
+    for name in ("monitor_cfg", "monitor_seq", "monitor_events"):
+        path = layout.map(name)
+        if os.path.exists(path):
+            continue
+        key_t, value_t = abi.MAP_LAYOUT[name]
+        map_type, entries = abi.MAP_SPECS[name]
+        fd = libbpf.map_create(map_type, name, ct.sizeof(key_t), ct.sizeof(value_t), entries)
+        try:
+            libbpf.obj_pin(fd, path)
+        finally:
+            os.close(fd)
+
+
 def compile_programs(layout: PinLayout, log=print) -> tuple[list, dict[str, int]]:
     """Compile and load every program with BCC; returns (BCC objects to keep alive, name -> prog fd)."""
     probes.require_kernel_headers()
     bcc = probes.require_bcc()
     _ensure_devmap(layout)
+    _ensure_monitor_maps(layout)
     keep, fds = [], {}
     cflags = [f'-DPIN_ROOT="{layout.root}"', "-Wno-unused-function"]
     for name, (src, ptype) in PROGRAM_SOURCES.items():

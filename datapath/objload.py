@@ -206,3 +206,36 @@ def load_programs(
             os.close(fd)
         raise
     return fds
+
+
+# Maps a scratch copy (scratch_copy) shares with the running datapath: what the programs read.
+# Everything else (counters, the monitor's maps, internal .rodata/.bss) is private to the copy.
+SHARED_MAPS = ("endpoints", "ifaces", "node_cfg", "tx_ports")
+
+
+def scratch_copy(path: str, maps_dir: str, shared=SHARED_MAPS) -> BpfObject:
+    """Load another instance of a program object whose lookup maps are the node's pinned maps but
+    whose counters and monitor maps are fresh, unpinned and private: running it with
+    BPF_PROG_TEST_RUN (`xdpcnictl trace`) decides exactly as the attached program does and moves
+    no counter of real traffic. The caller closes it.
+
+    libbpf 1.1 gives every LIBBPF_PIN_BY_NAME map a pin path even without pin_root_path (the default
+    /sys/fs/bpf), and would reuse or create pins there; so every map's pin path is cleared here and
+    the shared ones are handed over as fds (bpf_map__reuse_fd: libbpf checks they are compatible)."""
+    obj = BpfObject(path)
+    try:
+        for name in obj.map_names():
+            libbpf._check(obj.lib.bpf_map__set_pin_path(obj.map(name), None), f"set_pin_path({name})")
+        for name in shared:
+            if name not in obj.map_names():
+                continue  # tx_ports exists in the XDP object only
+            fd = libbpf.obj_get(os.path.join(maps_dir, name))
+            try:
+                obj.reuse_map_fd(name, fd)  # libbpf dup()s it
+            finally:
+                os.close(fd)
+        obj.load()
+    except BaseException:
+        obj.close()
+        raise
+    return obj

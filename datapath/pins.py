@@ -13,7 +13,16 @@ LOCK_DIR = os.path.join(RUN_DIR, "locks")
 BPFFS_MAGIC = 0xCAFE4A11
 
 PROGRAMS = ("xdp_nic", "tc_nic", "tc_pod", "xdp_pod")
-MAPS = ("endpoints", "ifaces", "node_cfg", "counters", "tx_ports")
+MAPS = (
+    "endpoints",
+    "ifaces",
+    "node_cfg",
+    "counters",
+    "tx_ports",
+    "monitor_cfg",
+    "monitor_seq",
+    "monitor_events",
+)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@
   xdpcnictl netfilter [--sync]                     the node's netfilter state and the conntrack gate
   xdpcnictl endpoints                              the endpoint table
   xdpcnictl stats [--ep ID]                        fast-path / pass / drop counters per endpoint
+  xdpcnictl trace PACKET [--from nic|POD]          what the loaded programs do with a packet (none sent)
+  xdpcnictl monitor [--pod P] [--drops] [--sample N]  live datapath events (drops, sampled verdicts)
+  xdpcnictl metrics [--listen ADDR:PORT]           serve Prometheus metrics (default 127.0.0.1:9465)
   xdpcnictl agent [--socket PATH]                  serve CNI verbs warm (optional accelerator)
   xdpcnictl demo                                   the one-command demo (simulated 2-node cluster)
 
@@ -80,42 +83,219 @@ def cmd_unload(args) -> int:
     return 0
 
 
-def cmd_status(args) -> int:
+def map_fill(root: str) -> list[dict]:
+    """Every pinned map: type, entries (hash maps: counted; arrays and the ring buffer: None) and
+    capacity (max_entries; the ring buffer's in bytes)."""
+    from datapath import abi, libbpf
+    from datapath.maps import PinnedMap
+    from datapath.pins import MAPS
+
+    layout = PinLayout(root)
+    out = []
+    for name in MAPS:
+        if not os.path.exists(layout.map(name)):
+            out.append({"map": name, "type": None, "entries": None, "capacity": 0, "pinned": False})
+            continue
+        with PinnedMap(layout, name) as m:
+            info = m.info()
+            hashed = info.type in (libbpf.BPF_MAP_TYPE_HASH, libbpf.BPF_MAP_TYPE_DEVMAP_HASH)
+            entries = sum(1 for _ in libbpf.map_keys(m.fd, abi.MAP_LAYOUT[name][0])) if hashed else None
+        out.append(
+            {"map": name, "type": info.type, "entries": entries, "capacity": info.max_entries, "pinned": True}
+        )
+    return out
+
+
+def _boot_time() -> float:
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def _programs(root: str) -> list[dict]:
+    """Pinned programs: id, tag, load time (wall clock), run count when kernel stats are on."""
+    from datapath import libbpf
+    from datapath.pins import PROGRAMS
+
+    layout = PinLayout(root)
+    out = []
+    boot = _boot_time()
+    for name in PROGRAMS:
+        try:
+            fd = libbpf.obj_get(layout.prog(name))
+        except OSError:
+            out.append({"program": name, "pinned": False})
+            continue
+        try:
+            info = libbpf.prog_info(fd)
+        finally:
+            os.close(fd)
+        out.append(
+            {
+                "program": name,
+                "pinned": True,
+                "id": info.id,
+                "tag": bytes(info.tag).hex(),
+                "loaded_at": round(boot + info.load_time / 1e9, 3),
+                "run_cnt": info.run_cnt,
+            }
+        )
+    return out
+
+
+def _hooks(state, root: str) -> dict:
+    """Which program runs on which hook, as the kernel says (not only as the state file says)."""
+    from pyroute2 import IPRoute
+
+    from datapath import attach
+    from datapath.maps import PinnedMap
+
+    out = {"nic": None, "pod_egress": {"tc_pod": 0, "without": 0}, "pod_eth0": "xdp_pod (in each pod)"}
+    with IPRoute() as ipr:
+        if state is not None:
+            try:
+                xdp = attach.xdp_prog_id(ipr, state.nic_ifindex)
+                tc = attach.tc_ingress_prog_names(ipr, state.nic_ifindex)
+                out["nic"] = {
+                    "device": state.nic,
+                    "mode": "xdp" if xdp else "tc" if tc else "none",
+                    "xdp_prog_id": xdp or None,
+                    "tc_programs": tc,
+                }
+            except Exception as exc:
+                out["nic"] = {"device": state.nic, "mode": "none", "error": str(exc)}
+        with PinnedMap(PinLayout(root), "ifaces") as ifaces:
+            for key in ifaces:
+                try:
+                    names = attach.tc_ingress_prog_names(ipr, key.value)
+                except Exception:
+                    names = []
+                out["pod_egress"]["tc_pod" if names else "without"] += 1
+    return out
+
+
+def _agent_alive(path: str) -> bool:
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(0.5)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _problems(out: dict, rows) -> list[str]:
+    """What an operator should look at first, newest knowledge the kernel has."""
+    probs = []
+    s = out.get("state") or {}
+    if s.get("fallback"):
+        probs.append(f"fallback: {s['fallback']}")
+    nic = (out.get("hooks") or {}).get("nic") or {}
+    if s and nic.get("mode") not in (None, s.get("mode")):
+        probs.append(f"the NIC runs {nic.get('mode')}, the last load attached {s.get('mode')}")
+    if (out.get("hooks") or {}).get("pod_egress", {}).get("without"):
+        probs.append(f"{out['hooks']['pod_egress']['without']} endpoint veth(s) without the pod program")
+    for m in out.get("maps", []):
+        if not m["pinned"]:
+            probs.append(f"map {m['map']} is not pinned (reload the datapath)")
+        elif m["entries"] is not None and m["capacity"] and m["entries"] >= 0.9 * m["capacity"]:
+            probs.append(f"map {m['map']} is {m['entries']}/{m['capacity']} full")
+    for ep_id, reason, packets, _ in rows:
+        if reason in ("DROP_REDIRECT", "DROP_XDP_LOST"):
+            probs.append(f"{reason.lower()}: {packets} packet(s) on ep {ep_id} (a target went missing)")
+    if not out.get("agent", {}).get("alive"):
+        probs.append(
+            f"no node agent on {out.get('agent', {}).get('socket')} (CNI verbs run in-process: slower)"
+        )
+    return probs
+
+
+def status(root: str, agent_socket: str = DEFAULT_SOCKET) -> dict:
     from datapath.loader import NodeState
 
-    root = _root(args)
     state = NodeState.read(root)
     layout = PinLayout(root)
     out = {"root": root, "loaded": layout.is_loaded(), "state": state.__dict__ if state else None}
+    out["agent"] = {"socket": agent_socket, "alive": _agent_alive(agent_socket)}
+    rows = []
+    if os.path.exists(layout.map("ifaces")):
+        out["programs"] = _programs(root)
+        out["maps"] = map_fill(root)
+        out["hooks"] = _hooks(state, root)
     if layout.is_loaded():
         from datapath.endpoints import EndpointTable
 
         with EndpointTable(root) as table:
             out["endpoints"] = len(table.list())
-        out["conntrack_gate"] = _gate(root)
+        out["conntrack_gate"] = gate_on(root)
+        rows = stats_rows(root)[0]
+        from . import monitor
+
+        out["monitor"] = monitor.config(root)
+    out["problems"] = _problems(out, rows) if out["loaded"] else []
+    return out
+
+
+def cmd_status(args) -> int:
+    root = _root(args)
+    out = status(root, os.environ.get("XDPCNI_AGENT_SOCKET", DEFAULT_SOCKET))
     if args.json:
         print(json.dumps(out, indent=2))
-    elif not out["loaded"]:
+        return 0 if out["loaded"] else 1
+    if not out["loaded"]:
         print(f"xdpcni datapath: not loaded (no pins under {root})")
         return 1
-    else:
-        s = out["state"] or {}
-        print(f"xdpcni datapath: loaded under {root}")
-        print(f"  NIC {s.get('nic')} (ifindex {s.get('nic_ifindex')}), mode {s.get('mode')}")
-        print(f"  programs built by {s.get('toolchain')}")
-        if s.get("restore"):
-            print(f"  at load: {s['restore']}")
-        if s.get("fallback"):
-            print(f"  fallback: {s['fallback']}")
-        print(
-            f"  netfilter {s.get('netfilter')}: conntrack gate {'on' if out.get('conntrack_gate') else 'off'}"
+    s = out["state"] or {}
+    print(f"xdpcni datapath: loaded under {root}")
+    nic = out["hooks"]["nic"] or {}
+    print(
+        f"  NIC {s.get('nic')} (ifindex {s.get('nic_ifindex')}): {nic.get('mode')} (asked {s.get('requested_mode')})"
+    )
+    eg = out["hooks"]["pod_egress"]
+    print(
+        f"  pod egress: tc_pod on {eg['tc_pod']} host veth(s)"
+        + (f", {eg['without']} without" if eg["without"] else "")
+    )
+    print(
+        f"  toolchain {s.get('toolchain')}; netfilter {s.get('netfilter')}: conntrack gate {'on' if out.get('conntrack_gate') else 'off'}"
+    )
+    print(f"  endpoints {out['endpoints']}")
+    print(f"  agent {out['agent']['socket']}: {'alive' if out['agent']['alive'] else 'not running'}")
+    mon = out.get("monitor") or {}
+    print(
+        f"  monitor {'listening' if mon.get('active') else 'off'}"
+        + (f", sampling 1 in {mon['sample_n']}" if mon.get("sample_n") else "")
+    )
+    if s.get("restore"):
+        print(f"  at load: {s['restore']}")
+    print("  programs:")
+    for p in out["programs"]:
+        if not p["pinned"]:
+            print(f"    {p['program']:<8} not pinned")
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p["loaded_at"]))
+        print(f"    {p['program']:<8} id {p['id']:<6} tag {p['tag']}  loaded {when}")
+    print("  maps (entries/capacity):")
+    for m in out["maps"]:
+        fill = (
+            "not pinned"
+            if not m["pinned"]
+            else (
+                f"{m['entries']}/{m['capacity']}" if m["entries"] is not None else f"array of {m['capacity']}"
+            )
         )
-        print(f"  programs {s.get('prog_ids')}")
-        print(f"  endpoints {out['endpoints']}")
+        if m["map"] == "monitor_events" and m["pinned"]:
+            fill = f"ring buffer of {m['capacity'] // 1024} KiB"
+        print(f"    {m['map']:<15} {fill}")
+    print("  problems:" if out["problems"] else "  problems: none")
+    for p in out["problems"]:
+        print(f"    - {p}")
     return 0
 
 
-def _gate(root: str) -> bool:
+def gate_on(root: str) -> bool:
     from datapath import abi
     from datapath.maps import PinnedMap
 
@@ -138,7 +318,7 @@ def cmd_netfilter(args) -> int:
         if not PinLayout(root).is_loaded():
             raise ConfigError(f"nothing loaded under {root}: run `xdpcnictl load` first")
         netfilter.sync(root, mode)
-    gate = _gate(root) if PinLayout(root).is_loaded() else None
+    gate = gate_on(root) if PinLayout(root).is_loaded() else None
     if args.json:
         print(json.dumps({"root": root, "netfilter": mode, "state": findings, "conntrack_gate": gate}))
         return 0
@@ -162,15 +342,17 @@ def cmd_endpoints(args) -> int:
     return 0
 
 
-def cmd_stats(args) -> int:
+def stats_rows(root: str, ep: int | None = None):
+    """(rows, node state, endpoints by id): rows are (ep_id, REASON, packets, bytes or None), the
+    counters summed over CPUs plus, in XDP mode, the kernel's DROP_XDP_LOST reconciliation. One
+    source for `stats` and the Prometheus metrics (node/metrics.py)."""
     from datapath.endpoints import EndpointTable
     from datapath.loader import NodeState
     from datapath.stats import Stats, xdp_lost
 
-    root = _root(args)
     with EndpointTable(root) as table:
         eps = {e.ep_id: e for e in table.list()}
-    ids = [args.ep] if args.ep is not None else [0, *sorted(eps)]
+    ids = [ep] if ep is not None else [0, *sorted(eps)]
     rows = []
     with Stats(root) as stats:
         for ep_id in ids:
@@ -185,20 +367,72 @@ def cmd_stats(args) -> int:
         for ep_id in ids:
             if ep_id in eps and (lost := xdp_lost(eps[ep_id].ifindex, "veth")):
                 rows.append((ep_id, "DROP_XDP_LOST", lost, None))
+    return rows, state, eps
+
+
+def cmd_stats(args) -> int:
+    from . import pods
+
+    rows, state, eps = stats_rows(_root(args), args.ep)
     if args.json:
         print(json.dumps([{"ep_id": i, "reason": r, "packets": p, "bytes": b} for i, r, p, b in rows]))
         return 0
-    print(f"{'EP':>4}  {'WHO':24}  {'REASON':18}  {'PACKETS':>10}  {'BYTES':>12}")
+    print(f"{'EP':>4}  {'WHO':32}  {'REASON':18}  {'PACKETS':>10}  {'BYTES':>12}")
     for ep_id, reason, packets, nbytes in rows:
-        who = "node" if ep_id == 0 else (eps[ep_id].ips[0] if ep_id in eps and eps[ep_id].ips else "?")
+        ep = eps.get(ep_id)
+        who = "node" if ep_id == 0 else "?" if ep is None else " ".join([pods.display_name(ep), *ep.ips[:1]])
         shown = "-" if nbytes is None else nbytes
-        print(f"{ep_id:>4}  {who:24}  {reason.lower():18}  {packets:>10}  {shown:>12}")
+        print(f"{ep_id:>4}  {who:32}  {reason.lower():18}  {packets:>10}  {shown:>12}")
     if state is not None and state.mode == "xdp":
         print(
             "drop_xdp_lost: kernel counters after the program (NIC receive drops, e.g. failed redirects; "
             "host veth XDP transmit errors), since the device came up"
         )
     return 0
+
+
+def cmd_trace(args) -> int:
+    from . import trace as tr
+
+    if args.packet and any(v is not None for v in (args.dst, args.src, args.dport, args.sport)):
+        raise ConfigError("give either a PACKET expression or --dst/--src/--proto/--sport/--dport, not both")
+    if args.hex:
+        if args.packet or args.dst:
+            raise ConfigError("--hex is the whole frame: no PACKET or --dst with it")
+        pkt = bytes.fromhex(args.hex)
+    elif args.packet:
+        pkt = tr.parse_packet(args.packet)
+    elif args.dst:
+        pkt = tr.packet_from_flags(args.dst, args.src, args.proto, args.sport, args.dport, args.ttl)
+    else:
+        raise ConfigError("nothing to trace: give a PACKET (scapy syntax) or --dst")
+    from_pod = None if args.from_ in (None, "nic") else args.from_
+    result = tr.trace(_root(args), pkt, from_pod=from_pod, mode=args.mode)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else tr.render(result))
+    return result.exit_status
+
+
+def cmd_monitor(args) -> int:
+    from . import monitor
+
+    return monitor.main(
+        _root(args),
+        pod=args.pod,
+        reason=args.reason,
+        drops=args.drops,
+        sample=args.sample,
+        as_json=args.json,
+        count=args.count,
+        duration=args.duration,
+    )
+
+
+def cmd_metrics(args) -> int:
+    from . import metrics
+
+    return metrics.serve(
+        _root(args), args.listen, args.max_pods, log=lambda m: print(m, file=sys.stderr, flush=True)
+    )
 
 
 def cmd_agent(args) -> int:
@@ -240,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     nf.add_argument("--sync", action="store_true", help="re-decide the gate now (netfilter: auto)")
     nf.add_argument("--json", action="store_true")
     nf.set_defaults(func=cmd_netfilter)
-    sp = sub.add_parser("status", help="is the datapath loaded, where, in which mode")
+    sp = sub.add_parser("status", help="the first screen: hooks, programs, maps, endpoints, agent, problems")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_status)
     ep = sub.add_parser("endpoints", help="list the endpoint table")
@@ -250,6 +484,48 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--ep", type=int, help="only this endpoint id")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_stats)
+    tp = sub.add_parser(
+        "trace",
+        help="run one packet through the loaded programs (BPF_PROG_TEST_RUN; nothing is sent, no "
+        "counter moves); exit 0 fast path, 3 stack, 4 drop",
+    )
+    tp.add_argument(
+        "packet", nargs="?", help="scapy expression, e.g. \"Ether()/IP(dst='10.244.1.5')/UDP(dport=53)\""
+    )
+    tp.add_argument(
+        "--from", dest="from_", default="nic", help="nic (default: from the wire) or a pod (veth, IP, id)"
+    )
+    tp.add_argument("--mode", choices=("xdp", "tc"), help="NIC program to run (default: the attached mode)")
+    tp.add_argument("--dst", help="without PACKET: destination IP")
+    tp.add_argument("--src", help="without PACKET: source IP (default: the pod's, or a wire address)")
+    tp.add_argument("--proto", default="udp", choices=("udp", "tcp", "icmp"))
+    tp.add_argument("--sport", type=int)
+    tp.add_argument("--dport", type=int)
+    tp.add_argument("--ttl", type=int, default=64, help="TTL / hop limit (default 64)")
+    tp.add_argument("--hex", help="the whole frame as hex bytes (run as is: nothing is filled in)")
+    tp.add_argument("--json", action="store_true")
+    tp.set_defaults(func=cmd_trace)
+    mp = sub.add_parser(
+        "monitor", help="live datapath events: every drop, and 1 in N of the rest (--sample N)"
+    )
+    mp.add_argument("--pod", help="only this pod (veth, IP or endpoint id; NS/NAME once the CNI records it)")
+    mp.add_argument("--reason", help="only this reason, e.g. drop_spoof_ip")
+    mp.add_argument("--drops", action="store_true", help="only drops")
+    mp.add_argument(
+        "--sample", type=int, default=0, help="also every Nth forwarded/passed packet per CPU (0 = none)"
+    )
+    mp.add_argument("--count", type=int, help="stop after this many events")
+    mp.add_argument("--duration", type=float, help="stop after this many seconds")
+    mp.add_argument("--json", action="store_true", help="one JSON object per line")
+    mp.set_defaults(func=cmd_monitor)
+    mt = sub.add_parser("metrics", help="serve Prometheus metrics over HTTP (until SIGTERM)")
+    mt.add_argument(
+        "--listen", default="127.0.0.1:9465", help="ADDR:PORT (default %(default)s, loopback only)"
+    )
+    mt.add_argument(
+        "--max-pods", type=int, default=256, help="pods labelled by name; the rest sum into _other"
+    )
+    mt.set_defaults(func=cmd_metrics)
     ag = sub.add_parser(
         "agent",
         help="serve CNI verbs warm on a unix socket (the plugin falls back "

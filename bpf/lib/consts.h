@@ -18,6 +18,13 @@
 /* node_config.flags */
 #define XDPCNI_NODE_F_CONNTRACK (1u << 0) /* conntrack decides per flow (netfilter: respect/auto) */
 
+/* monitor_event.hook: the program that reported the packet (also the monitor_seq index). */
+#define XDPCNI_HOOK_XDP_NIC 1 /* xdp_nic: NIC ingress, XDP */
+#define XDPCNI_HOOK_TC_NIC 2  /* tc_nic: NIC ingress, TC */
+#define XDPCNI_HOOK_TC_POD 3  /* tc_pod: pod egress (host veth ingress) */
+#define XDPCNI_HOOK_MAX 4
+#define XDPCNI_MONITOR_RING_BYTES (256 * 1024) /* monitor_events ring buffer size (power of 2 pages) */
+
 /* endpoint_key.family */
 #define XDPCNI_FAMILY_IPV4 4
 #define XDPCNI_FAMILY_IPV6 6

@@ -91,6 +91,23 @@ struct {
 		   (XDPCNI_MAX_ENDPOINTS * XDPCNI_REASON_MAX));
 } counters SEC(".maps");
 
+/* `xdpcnictl monitor` (bpf/lib/monitor.h): its switch, the per-CPU sampling sequence per hook, and
+ * the ring buffer of events. The BCC build declares none of them (its monitor reports nothing); the
+ * loader creates and pins them for it so every build leaves the same pins. */
+struct {
+	XDPCNI_MAP(BPF_MAP_TYPE_ARRAY, __u32, struct monitor_config, 1);
+} monitor_cfg SEC(".maps");
+
+struct {
+	XDPCNI_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, __u32, __u64, XDPCNI_HOOK_MAX);
+} monitor_seq SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, XDPCNI_MONITOR_RING_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} monitor_events SEC(".maps");
+
 #ifdef XDPCNI_XDP
 /* XDP redirect targets: DEVMAP_HASH keyed by host-veth ifindex, value the same ifindex. */
 struct {
@@ -113,6 +130,14 @@ static __always_inline struct node_config *node_cfg_lookup(__u32 *k)
 static __always_inline struct counter *counters_lookup(__u32 *k)
 {
 	return bpf_map_lookup_elem(&counters, k);
+}
+static __always_inline struct monitor_config *monitor_cfg_lookup(__u32 *k)
+{
+	return bpf_map_lookup_elem(&monitor_cfg, k);
+}
+static __always_inline __u64 *monitor_seq_lookup(__u32 *k)
+{
+	return bpf_map_lookup_elem(&monitor_seq, k);
 }
 #ifdef XDPCNI_XDP
 static __always_inline int tx_ports_redirect(__u32 ifindex, __u64 flags)

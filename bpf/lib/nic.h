@@ -4,6 +4,7 @@
 #pragma once
 #include "fwd.h"
 #include "conntrack.h"
+#include "monitor.h"
 
 /* Returns CHECK_OK with *epp the endpoint to deliver to (plan filled, packet not yet modified), or
  * the reason that sends the packet to the stack. *epp is then the endpoint when the refusal came

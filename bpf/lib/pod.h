@@ -4,6 +4,7 @@
 #pragma once
 #include "fwd.h"
 #include "conntrack.h"
+#include "monitor.h"
 
 /* The source key of an IP packet; 1 when the source is one the stack must see and may see (IPv4
  * 0.0.0.0, IPv6 unspecified for duplicate address detection, the pod's link-local for neighbour

@@ -41,3 +41,31 @@ struct counter {
 	__u64 packets;
 	__u64 bytes;
 };
+
+/* monitor_cfg map value (single entry, key 0): what the programs report to `xdpcnictl monitor`
+ * (node/monitor.py). All zero (nobody listens): the programs do one array lookup and nothing else. */
+struct monitor_config {
+	__u32 active;   /* non-zero while a monitor listens: every drop is reported */
+	__u32 sample_n; /* while active, also every Nth forwarded/passed packet per CPU and hook; 0 = none */
+};
+
+/* monitor_events ring buffer record: one packet and the verdict it got. */
+struct monitor_event {
+	__u64 ts_ns;     /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	__u32 ifindex;   /* device the packet came in on (node namespace) */
+	__u32 ep_id;     /* counters row it was counted on (0: node-level) */
+	__u32 len;       /* bytes as counted */
+	__u8 hook;       /* XDPCNI_HOOK_* */
+	__u8 reason;     /* enum xdpcni_reason */
+	__u8 family;     /* XDPCNI_FAMILY_IPV4 / _IPV6, 0 when not IP */
+	__u8 l4proto;    /* IP protocol / IPv6 next header, 0 when not IP */
+	__u16 ethertype; /* host order, inside one VLAN tag */
+	__u16 sport;     /* TCP/UDP ports, network order; 0 for other protocols and fragments */
+	__u16 dport;
+	__u16 vlan;   /* VLAN id of the tag in the frame, 0 = none */
+	__u8 src[16]; /* IP addresses, network order (IPv4: first 4 bytes) */
+	__u8 dst[16];
+	__u32 cpu;    /* bpf_get_smp_processor_id() */
+	__u8 smac[6]; /* MACs as the frame carries them when reported (after a rewrite) */
+	__u8 dmac[6];
+};

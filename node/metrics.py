@@ -1,0 +1,173 @@
+"""Prometheus metrics of the node datapath, read from the pinned maps at every scrape.
+
+`xdpcnictl metrics --listen ADDR:PORT` serves them (default 127.0.0.1:9465, loopback only: the
+counters name pods and addresses). The numbers are exactly `xdpcnictl stats --json` (the same
+rows, node.ctl.stats_rows), labelled by pod (node/pods.py), reason, verdict and direction:
+
+  xdpcni_packets_total / xdpcni_bytes_total {pod, reason, verdict, direction}
+  xdpcni_endpoints                          pods with an entry in the endpoint table
+  xdpcni_map_entries / xdpcni_map_capacity  {map} fill level of every pinned map (hash maps)
+  xdpcni_datapath_loaded                    1 when every program and map is pinned
+  xdpcni_datapath_info                      {nic, mode, toolchain, netfilter} = 1
+  xdpcni_conntrack_gate                     1 while the conntrack gate is on
+
+Pods beyond --max-pods (by endpoint id) are summed into pod="_other", so a scrape stays bounded.
+Direction is what the counters row and reason tell: from-wire (NIC ingress, the node row), to-pod
+(delivered or meant for the pod), from-pod (its egress), either (a pod-row pass reason both hooks
+give: policy, MTU, conntrack, NAT, protocol, padding).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from . import pods
+
+DEFAULT_LISTEN = "127.0.0.1:9465"
+DEFAULT_MAX_PODS = 256
+OTHER = "_other"
+
+_TO_POD = {"FWD_NIC_TO_POD", "DROP_REDIRECT", "DROP_XDP_LOST"}
+_EITHER = {"PASS_POLICY", "PASS_MTU", "PASS_CONNTRACK", "PASS_NAT", "PASS_PROTO", "PASS_PADDING"}
+
+
+def direction(ep_id: int, reason: str) -> str:
+    if ep_id == 0:
+        return "from-wire"
+    if reason in _TO_POD:
+        return "to-pod"
+    if reason in _EITHER:
+        return "either"
+    return "from-pod"
+
+
+def verdict(reason: str) -> str:
+    return reason.split("_", 1)[0].lower()
+
+
+class DatapathCollector:
+    def __init__(self, root: str, max_pods: int = DEFAULT_MAX_PODS):
+        self.root = root
+        self.max_pods = max_pods
+
+    def collect(self):
+        from datapath.pins import PinLayout
+
+        from .ctl import gate_on, map_fill, stats_rows
+
+        layout = PinLayout(self.root)
+        loaded = layout.is_loaded()
+        up = GaugeMetricFamily(
+            "xdpcni_datapath_loaded", "1 when every program and map of the datapath is pinned"
+        )
+        up.add_metric([], 1 if loaded else 0)
+        yield up
+        if not loaded:
+            return
+        rows, state, eps = stats_rows(self.root)
+        labelled = set(sorted(eps)[: self.max_pods])
+        pk = CounterMetricFamily(
+            "xdpcni_packets",
+            "Packets by verdict reason (xdpcnictl stats)",
+            labels=["pod", "reason", "verdict", "direction"],
+        )
+        by = CounterMetricFamily(
+            "xdpcni_bytes",
+            "Bytes by verdict reason (xdpcnictl stats)",
+            labels=["pod", "reason", "verdict", "direction"],
+        )
+        sums_p: dict[tuple, int] = {}
+        sums_b: dict[tuple, int] = {}
+        for ep_id, reason, packets, nbytes in rows:
+            if ep_id == 0:
+                pod = pods.NODE
+            elif ep_id in labelled:
+                pod = pods.display_name(eps[ep_id])
+            elif ep_id in eps:
+                pod = OTHER
+            else:
+                pod = f"ep{ep_id}"  # a counters row without a table entry (stale): keep it visible
+            key = (pod, reason.lower(), verdict(reason), direction(ep_id, reason))
+            sums_p[key] = sums_p.get(key, 0) + packets
+            if nbytes is not None:
+                sums_b[key] = sums_b.get(key, 0) + nbytes
+        for key, v in sorted(sums_p.items()):
+            pk.add_metric(list(key), v)
+        for key, v in sorted(sums_b.items()):
+            by.add_metric(list(key), v)
+        yield pk
+        yield by
+        n = GaugeMetricFamily("xdpcni_endpoints", "Pods with an entry in the endpoint table")
+        n.add_metric([], len(eps))
+        yield n
+        ent = GaugeMetricFamily("xdpcni_map_entries", "Entries in a pinned map (hash maps)", labels=["map"])
+        cap = GaugeMetricFamily("xdpcni_map_capacity", "max_entries of a pinned map", labels=["map"])
+        for m in map_fill(self.root):
+            cap.add_metric([m["map"]], m["capacity"])
+            if m["entries"] is not None:
+                ent.add_metric([m["map"]], m["entries"])
+        yield ent
+        yield cap
+        info = GaugeMetricFamily(
+            "xdpcni_datapath_info", "The loaded datapath", labels=["nic", "mode", "toolchain", "netfilter"]
+        )
+        if state is not None:
+            info.add_metric([state.nic, state.mode, state.toolchain, state.netfilter], 1)
+        yield info
+        gate = GaugeMetricFamily("xdpcni_conntrack_gate", "1 while the conntrack gate is on")
+        gate.add_metric([], 1 if gate_on(self.root) else 0)
+        yield gate
+
+
+def registry(root: str, max_pods: int = DEFAULT_MAX_PODS) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(DatapathCollector(root, max_pods))
+    return reg
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen {listen!r}: use ADDR:PORT (e.g. 127.0.0.1:9465 or [::1]:9465)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args) -> None:  # no access log on stderr per scrape
+        pass
+
+
+class _Server(WSGIServer):
+    def __init__(self, addr, handler, bind_and_activate=True):
+        if ":" in addr[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(addr, handler, bind_and_activate)
+
+
+def serve(root: str, listen: str = DEFAULT_LISTEN, max_pods: int = DEFAULT_MAX_PODS, log=print) -> int:
+    """Serve /metrics until SIGTERM/SIGINT; scrapes run on this thread (and in its namespace)."""
+    host, port = parse_listen(listen)
+    httpd = make_server(
+        host, port, make_wsgi_app(registry(root, max_pods)), server_class=_Server, handler_class=_Quiet
+    )
+    stop = {"now": False}
+
+    def on_signal(*_):
+        stop["now"] = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    httpd.timeout = 0.2
+    try:
+        log(f"xdpcnictl metrics: serving http://{listen}/metrics for {root}")
+        while not stop["now"]:
+            httpd.handle_request()
+    finally:
+        httpd.server_close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return 0

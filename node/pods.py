@@ -1,0 +1,71 @@
+"""What operators call an endpoint: the one place that turns an endpoint-table entry into a name.
+
+Every tool that shows a pod (`xdpcnictl trace`, `monitor`, `status`, the Prometheus metrics)
+goes through display_name()/identity() and find_endpoint(), so pod names arrive everywhere at once.
+
+HOOK: the CNI's attachment records do not yet keep K8S_POD_NAMESPACE / K8S_POD_NAME (from
+CNI_ARGS). Until they do, a pod is shown as its host-side veth name plus its IPs. When the records
+carry them, display_name() should return "NAMESPACE/NAME" looked up by the endpoint's host veth
+(ifindex) or IPs; `--pod NS/NAME` filters then match it without any other change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from datapath.endpoints import Endpoint
+
+NODE = "node"  # the name of counters row 0: traffic that belongs to no pod
+
+
+def veth_name(ifindex: int) -> str | None:
+    """The host-side veth's name in the current (node) network namespace, None when it is gone."""
+    try:
+        return socket.if_indextoname(ifindex)
+    except OSError:
+        return None
+
+
+def display_name(ep: Endpoint) -> str:
+    """The pod's name as tools show it. For now the host veth name (see the module docstring)."""
+    return veth_name(ep.ifindex) or f"if{ep.ifindex}"
+
+
+def identity(ep: Endpoint | None) -> dict:
+    """{pod, veth, ips, ep_id} of an endpoint; the node's row when ep is None."""
+    if ep is None:
+        return {"pod": NODE, "veth": None, "ips": [], "ep_id": 0}
+    return {"pod": display_name(ep), "veth": veth_name(ep.ifindex), "ips": list(ep.ips), "ep_id": ep.ep_id}
+
+
+def describe(ep: Endpoint | None) -> str:
+    """One line: `name (veth X, ip ip)`."""
+    if ep is None:
+        return NODE
+    ident = identity(ep)
+    extra = [f"veth {ident['veth']}"] if ident["veth"] and ident["veth"] != ident["pod"] else []
+    return f"{ident['pod']} ({', '.join(extra + ep.ips)})" if extra or ep.ips else ident["pod"]
+
+
+class UnknownPod(LookupError):
+    pass
+
+
+def find_endpoint(ident: str, endpoints: list[Endpoint]) -> Endpoint:
+    """The endpoint an operator means by `ident`: its display name (NS/NAME once records carry
+    it), host veth name, one of its IPs, or its endpoint id. Raises UnknownPod."""
+    ident = ident.strip()
+    try:
+        ip = ipaddress.ip_address(ident)
+    except ValueError:
+        ip = None
+    for ep in endpoints:
+        if ident in (display_name(ep), veth_name(ep.ifindex)):
+            return ep
+        if ip is not None and any(ipaddress.ip_address(a) == ip for a in ep.ips):
+            return ep
+        if ident.isdigit() and int(ident) == ep.ep_id:
+            return ep
+    known = ", ".join(display_name(e) for e in endpoints) or "none"
+    raise UnknownPod(f"no endpoint {ident!r} on this node (pods by veth, IP or endpoint id: {known})")
