@@ -251,8 +251,11 @@ def cmd_status(args) -> int:
     print(f"xdpcni datapath: loaded under {root}")
     nic = out["hooks"]["nic"] or {}
     print(
-        f"  NIC {s.get('nic')} (ifindex {s.get('nic_ifindex')}): {nic.get('mode')} (asked {s.get('requested_mode')})"
+        f"  NIC {s.get('nic')} (ifindex {s.get('nic_ifindex')}), mode {nic.get('mode')} "
+        f"(asked {s.get('requested_mode')})"
     )
+    if s.get("fallback"):
+        print(f"  fallback: {s['fallback']}")
     eg = out["hooks"]["pod_egress"]
     print(
         f"  pod egress: tc_pod on {eg['tc_pod']} host veth(s)"
