@@ -46,7 +46,7 @@ uninstall:
 # Leftovers of an interrupted run (namespaces and pins carry the per-run "xc" prefix).
 clean-test-state:
 	@for ns in $$(ip netns list | awk '{print $$1}' | grep -E '^xc[0-9a-f]{6}-'); do ip netns del $$ns; done
-	@rm -rf /sys/fs/bpf/xdpcni-test /run/xdpcni/locks/sys_fs_bpf_xdpcni-test_* /run/xdpcni/sys_fs_bpf_xdpcni-test_*
+	@rm -rf /sys/fs/bpf/xdpcni-test /sys/fs/bpf/xdpcni-bench /run/xdpcni/locks/sys_fs_bpf_xdpcni-test_* /run/xdpcni/sys_fs_bpf_xdpcni-test_* /run/xdpcni/sys_fs_bpf_xdpcni-bench_*
 
 fmt: setup
 	$(VENV)/bin/ruff check --fix .

@@ -55,10 +55,6 @@ class PinLayout:
         """Node state (NIC, mode) written by the loader."""
         return os.path.join(RUN_DIR, self.key + ".json")
 
-    def lock_file(self, suffix: str = "") -> str:
-        """Lock file for this datapath instance: "" for the endpoint maps, ".load" for loading."""
-        return os.path.join(LOCK_DIR, f"{self.key}{suffix}.lock")
-
     def is_loaded(self) -> bool:
         return all(os.path.exists(self.prog(p)) for p in PROGRAMS) and all(
             os.path.exists(self.map(m)) for m in MAPS

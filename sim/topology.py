@@ -8,6 +8,8 @@ prefix and removed by Cluster.teardown(), which fixtures call also when a test f
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import ipaddress
 import os
 import secrets
@@ -22,6 +24,7 @@ from cni import plumbing
 from datapath import pod as pod_dp
 from datapath.endpoints import Endpoint, EndpointTable
 from datapath.netns import entered
+from datapath.pins import LOCK_DIR, RUN_DIR, PinLayout
 
 TEST_PIN_BASE = "/sys/fs/bpf/xdpcni-test"
 TEST_DATA_BASE = "/run/xdpcni-test"  # CNI dataDir (leases, attachment records) per node
@@ -57,6 +60,18 @@ def run_in(ns: str, *cmd: str, check: bool = True, timeout: float = 60, **kw) ->
 def _sysctl(ns: str, key: str, value: str) -> None:
     with entered(ns), open("/proc/sys/" + key.replace(".", "/"), "w") as fh:
         fh.write(value)
+
+
+def _remove_run_state(pin_root: str) -> None:
+    """What a node's datapath and CNI keep in /run/xdpcni (state file, address claims, any lock
+    file), named by the pin root's key: gone with the simulated node."""
+    key = PinLayout(pin_root).key
+    for path in glob.glob(os.path.join(RUN_DIR, key + "*")) + glob.glob(os.path.join(LOCK_DIR, key + "*")):
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def _no_dad(ns: str) -> None:
@@ -259,6 +274,7 @@ class Cluster:
                 print(f"teardown: unload {node.ns}: {exc}", file=sys.stderr)
             shutil.rmtree(node.pin_root, ignore_errors=True)
             shutil.rmtree(node.data_dir, ignore_errors=True)
+            _remove_run_state(node.pin_root)
         for ns in reversed(self.namespaces):
             try:
                 netns.remove(ns)

@@ -1,4 +1,4 @@
-"""Issue 3, acceptance 4: an ADD killed with SIGKILL at any step leaves state that DEL (or GC)
+"""An ADD killed with SIGKILL at any step leaves state that DEL (or GC)
 removes completely; and an ADD failing at any step rolls back everything it created itself."""
 
 import pytest

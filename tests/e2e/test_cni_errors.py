@@ -1,4 +1,4 @@
-"""Issue 3, acceptance 5 (and issue 10): malformed or hostile input gets the spec's error object
+"""Malformed or hostile input gets the spec's error object
 with the right code, a non-zero exit, and changes nothing on the node."""
 
 import json
@@ -90,7 +90,7 @@ CASES = [
         103,
     ),
     ("already-attached", "ADD", lambda rt, n: _conf(rt), {"CNI_CONTAINERID": "keeper"}, 105),
-    # Issue 10, case 4: nested too deeply for any decoder: a decode error object, every verb.
+    # Nested too deeply for any decoder: a decode error object, every verb.
     *[(f"deep-nesting-{v}", v, lambda rt, n: DEEP, {}, 6) for v in ("ADD", "DEL", "CHECK", "GC", "STATUS")],
     ("deep-object-nesting", "ADD", lambda rt, n: b'{"a":' * 50_000 + b"1" + b"}" * 50_000, {}, 6),
     # Case 5/7: the spec's character rules exactly (a `$` would accept a trailing newline).

@@ -1,4 +1,4 @@
-"""Issue 10 through the installed executable on a simulated node: real runtimes' calls, CHECK
+"""Hostile and unlucky input through the installed executable on a simulated node: real runtimes' calls, CHECK
 that checks, no stolen addresses across networks, per-network ownership, serialised verbs,
 unreadable state left alone, locks with deadlines, a robust concurrent agent, STATUS that does
 not empty a node. (Malformed single inputs are rows of test_cni_errors.py's table.)"""

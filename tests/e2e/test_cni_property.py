@@ -1,4 +1,4 @@
-"""Issue 10: random hostile environment and stdin thrown at every verb, in-process (cni.main.execute
+"""Random hostile environment and stdin thrown at every verb, in-process (cni.main.execute
 inside the node's namespace, the same code the executable and the agent run), on a node with a
 loaded datapath and a live pod. Every input carries at least one defect (drawn at random from
 the kinds the spec defines) plus random noise elsewhere, and the property is:

@@ -50,7 +50,7 @@ def test_status_ready_states(cluster, node, runtime):
     ns = runtime.new_pod_netns("s")
     assert runtime.add("st", ns).ok
     assert runtime.call("STATUS").ok
-    # No address left in a range set: still ready (issue 10, case 13): containerd would mark the
+    # No address left in a range set: still ready: containerd would mark the
     # node NotReady and evict its pods; the full range fails only the ADD that needs an address.
     one = {
         "type": "xdpcni",

@@ -1,4 +1,4 @@
-"""Issue 10, case 1 with a real runtime: podman 4.3 (Debian 12) runs two containers on an xdpcni
+"""A real runtime: podman 4.3 (Debian 12) runs two containers on an xdpcni
 network through its CNI backend (libcni, which validates the plugin with VERSION and dummy
 variables first), inside a simulated node's network namespace.
 

@@ -1,4 +1,4 @@
-"""Issue 10, the cases that need no kernel: each verb validates exactly the spec's variables,
+"""Hostile and unlucky input, the cases that need no kernel: each verb validates exactly the spec's variables,
 hostile stdin always gets one spec error object, the spec's character rules exactly, paths that
 could escape, stored state that cannot be read, locks with deadlines, atomic writes on a full
 disk. (The e2e tier runs the same inputs through the installed executable on a live node.)"""
