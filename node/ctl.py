@@ -205,6 +205,14 @@ def _problems(out: dict, rows) -> list[str]:
     for ep_id, reason, packets, _ in rows:
         if reason in ("DROP_REDIRECT", "DROP_XDP_LOST"):
             probs.append(f"{reason.lower()}: {packets} packet(s) on ep {ep_id} (a target went missing)")
+    for use in out.get("address_use", []):
+        if "error" in use:
+            probs.append(f"network {use['network']}: {use['error']}")
+        elif use["free"] == 0:
+            probs.append(
+                f"network {use['network']} range set {use['range_set']} is full ({use['used']}/{use['size']}): "
+                "new pods get code 103 until addresses are freed or the range grows"
+            )
     if not out.get("agent", {}).get("alive"):
         probs.append(
             f"no node agent on {out.get('agent', {}).get('socket')} (CNI verbs run in-process: slower)"
@@ -212,7 +220,7 @@ def _problems(out: dict, rows) -> list[str]:
     return probs
 
 
-def status(root: str, agent_socket: str = DEFAULT_SOCKET) -> dict:
+def status(root: str, agent_socket: str = DEFAULT_SOCKET, cni_conf_dir: str | None = None) -> dict:
     from datapath.loader import NodeState
 
     state = NodeState.read(root)
@@ -234,13 +242,16 @@ def status(root: str, agent_socket: str = DEFAULT_SOCKET) -> dict:
         from . import monitor
 
         out["monitor"] = monitor.config(root)
+    from .ipam import address_use
+
+    out["address_use"] = address_use(cni_conf_dir)
     out["problems"] = _problems(out, rows) if out["loaded"] else []
     return out
 
 
 def cmd_status(args) -> int:
     root = _root(args)
-    out = status(root, os.environ.get("XDPCNI_AGENT_SOCKET", DEFAULT_SOCKET))
+    out = status(root, os.environ.get("XDPCNI_AGENT_SOCKET", DEFAULT_SOCKET), args.cni_conf_dir)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0 if out["loaded"] else 1
@@ -292,6 +303,12 @@ def cmd_status(args) -> int:
         if m["map"] == "monitor_events" and m["pinned"]:
             fill = f"ring buffer of {m['capacity'] // 1024} KiB"
         print(f"    {m['map']:<15} {fill}")
+    for use in out["address_use"]:
+        if "error" not in use:
+            print(
+                f"  addresses {use['network']} set {use['range_set']}: {use['used']}/{use['size']} used, "
+                f"{use['free']} free"
+            )
     print("  problems:" if out["problems"] else "  problems: none")
     for p in out["problems"]:
         print(f"    - {p}")
@@ -433,6 +450,8 @@ def cmd_monitor(args) -> int:
 def cmd_metrics(args) -> int:
     from . import metrics
 
+    if args.cni_conf_dir:
+        os.environ["XDPCNI_CNI_CONF_DIR"] = args.cni_conf_dir  # read per scrape by node/ipam.py
     return metrics.serve(
         _root(args), args.listen, args.max_pods, log=lambda m: print(m, file=sys.stderr, flush=True)
     )
@@ -479,6 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
     nf.set_defaults(func=cmd_netfilter)
     sp = sub.add_parser("status", help="the first screen: hooks, programs, maps, endpoints, agent, problems")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument(
+        "--cni-conf-dir",
+        help="CNI config dir whose xdpcni networks' address use is shown (default /etc/cni/net.d)",
+    )
     sp.set_defaults(func=cmd_status)
     ep = sub.add_parser("endpoints", help="list the endpoint table")
     ep.add_argument("--json", action="store_true")
@@ -527,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mt.add_argument(
         "--max-pods", type=int, default=256, help="pods labelled by name; the rest sum into _other"
+    )
+    mt.add_argument(
+        "--cni-conf-dir", help="CNI config dir for the address-use gauges (default /etc/cni/net.d)"
     )
     mt.set_defaults(func=cmd_metrics)
     ag = sub.add_parser(

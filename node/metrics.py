@@ -122,6 +122,18 @@ class DatapathCollector:
         gate = GaugeMetricFamily("xdpcni_conntrack_gate", "1 while the conntrack gate is on")
         gate.add_metric([], 1 if gate_on(self.root) else 0)
         yield gate
+        from .ipam import address_use
+
+        addrs = GaugeMetricFamily(
+            "xdpcni_ipam_addresses",
+            "Addresses of a built-in IPAM range set (node/ipam.py), by state used|free",
+            labels=["network", "range_set", "state"],
+        )
+        for use in address_use():
+            if "error" not in use:
+                for st in ("used", "free"):
+                    addrs.add_metric([use["network"], str(use["range_set"]), st], use[st])
+        yield addrs
 
 
 def registry(root: str, max_pods: int = DEFAULT_MAX_PODS) -> CollectorRegistry:

@@ -376,6 +376,35 @@ def test_full_range_fails_add_not_status(cluster, node):
     assert status.ok, status.stdout
     bad = rt.add("one-too-many", rt.new_pod_netns("more"))
     assert bad.rc == 1 and bad.code == 103 and "widen the range" in bad.out.get("details", ""), bad.stdout
+    # ... and the full range shows where an operator looks: `xdpcnictl status` and the metrics
+    conf_dir = os.path.join(node.data_dir, "net.d")
+    os.makedirs(conf_dir, exist_ok=True)
+    with open(os.path.join(conf_dir, "10-xdpcni.conflist"), "w") as fh:
+        json.dump(rt.conflist, fh)
+    out = json.loads(node.ctl("status", "--json", "--cni-conf-dir", conf_dir).stdout)
+    use = [u for u in out["address_use"] if u["network"] == rt.conflist["name"]]
+    assert use and all(u["free"] == 0 and u["used"] == u["size"] for u in use), out["address_use"]
+    assert any("is full" in p and "code 103" in p for p in out["problems"]), out["problems"]
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from datapath.netns import entered
+    from node.metrics import registry
+
+    os.environ["XDPCNI_CNI_CONF_DIR"] = conf_dir
+    try:
+        with entered(node.ns):
+            text = generate_latest(registry(node.pin_root)).decode()
+    finally:
+        del os.environ["XDPCNI_CNI_CONF_DIR"]
+    free = [
+        s.value
+        for fam in text_string_to_metric_families(text)
+        if fam.name == "xdpcni_ipam_addresses"
+        for s in fam.samples
+        if s.labels["state"] == "free"
+    ]
+    assert free and all(v == 0 for v in free), text
 
 
 # -- case 14 -------------------------------------------------------------------------------------

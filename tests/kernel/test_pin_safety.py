@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -80,3 +81,23 @@ def test_bpffs_is_mounted_0700():
     finally:
         libc.umount2(mnt.encode(), 0)
         os.rmdir(mnt)
+
+
+def test_pin_roots_that_differ_by_slash_and_underscore_keep_their_own_state():
+    """/X/c/d and /X/c_d once shared one state file: unloading the first made unloading the second
+    leave its NIC program attached. Each root now has its own state (and lock, claims) files."""
+    cluster = Cluster(2)
+    base = os.path.dirname(cluster.nodes[0].pin_root)
+    try:
+        a, b = cluster.nodes
+        a.pin_root = f"{base}/{cluster.prefix}x/c/d"
+        b.pin_root = f"{base}/{cluster.prefix}x/c_d"
+        a.load("tc")
+        b.load("tc")
+        a.unload()
+        assert _nic_has_programs(b), "unloading the other root touched this one"
+        b.unload()
+        assert not _nic_has_programs(b), "unload left the NIC program attached"
+    finally:
+        cluster.teardown()
+        shutil.rmtree(f"{base}/{cluster.prefix}x", ignore_errors=True)
