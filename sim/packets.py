@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import select
 import socket
+import threading
 import time
 from contextlib import contextmanager
 
@@ -136,3 +137,39 @@ def udp_exchange(
         rx.close()
         tx.close()
     return got
+
+
+def tcp_bulk(src_ns: str, dst_ns: str, dst: str, nbytes: int, port: int, timeout: float = 10.0) -> int:
+    """One TCP connection from a socket in src_ns to dst:port (a sink in dst_ns) carrying `nbytes`,
+    closed in both directions (the client waits for the peer's FIN); returns the bytes received."""
+    fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    with entered(dst_ns):
+        srv = socket.socket(fam, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
+        srv.listen(1)
+    srv.settimeout(timeout)
+    got = [0]
+
+    def sink():
+        conn, _ = srv.accept()
+        conn.settimeout(timeout)
+        with conn:
+            while b := conn.recv(1 << 16):
+                got[0] += len(b)
+
+    t = threading.Thread(target=sink, daemon=True)
+    t.start()
+    with entered(src_ns):
+        cli = socket.socket(fam, socket.SOCK_STREAM)
+    try:
+        cli.settimeout(timeout)
+        cli.connect((dst, port))
+        cli.sendall(b"b" * nbytes)
+        cli.shutdown(socket.SHUT_WR)
+        cli.recv(1)  # the peer's FIN: the close completed both ways
+    finally:
+        cli.close()
+    t.join(timeout + 5)
+    srv.close()
+    return got[0]

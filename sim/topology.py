@@ -57,7 +57,8 @@ def run_in(ns: str, *cmd: str, check: bool = True, timeout: float = 60, **kw) ->
     )
 
 
-def _sysctl(ns: str, key: str, value: str) -> None:
+def sysctl(ns: str, key: str, value: str) -> None:
+    """Write a sysctl of namespace `ns` (net.* keys are per namespace)."""
     with entered(ns), open("/proc/sys/" + key.replace(".", "/"), "w") as fh:
         fh.write(value)
 
@@ -81,7 +82,7 @@ def _no_dad(ns: str) -> None:
     first IPv6 exchange of a test could fail (seen once the datapath loaded in 0.3 s instead of
     10 s); the simulated links cannot have duplicates anyway."""
     for scope in ("all", "default"):
-        _sysctl(ns, f"net.ipv6.conf.{scope}.accept_dad", "0")
+        sysctl(ns, f"net.ipv6.conf.{scope}.accept_dad", "0")
 
 
 @dataclass
@@ -233,7 +234,7 @@ class Cluster:
         run_in(self.wire, "ethtool", "-K", port, "tx", "off", check=False)
         # A bridge port needs no IPv6 of its own; left on, it sends router solicitations and MLD
         # reports into the node's NIC for many seconds, noise in counters tests read exactly.
-        _sysctl(self.wire, f"net.ipv6.conf.{port}.disable_ipv6", "1")
+        sysctl(self.wire, f"net.ipv6.conf.{port}.disable_ipv6", "1")
         with IPRoute(netns=f"/var/run/netns/{ns}") as n:
             n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
             nic = n.link_lookup(ifname="nic0")[0]
@@ -249,7 +250,7 @@ class Cluster:
             with IPRoute(netns=f"/var/run/netns/{other.ns}") as o:
                 o.route("replace", dst=str(c4), gateway=nic_ip4)
                 o.route("replace", dst=str(c6), gateway=nic_ip6, family=10)
-        _sysctl(ns, "net.ipv6.conf.nic0.accept_ra", "0")
+        sysctl(ns, "net.ipv6.conf.nic0.accept_ra", "0")
         node = Node(self, i, ns, "nic0", nic_ip4, nic_ip6, mac, port, f"{TEST_PIN_BASE}/{ns}")
         self.nodes.append(node)
         return node

@@ -31,7 +31,8 @@ from datapath.maps import PinnedMap
 from datapath.netns import entered
 from datapath.pins import PinLayout
 from datapath.stats import Stats
-from sim.packets import forwarded
+from sim.netfilter import TRACKING, conntrack, invalid_drops, nft, sysctl
+from sim.packets import forwarded, tcp_bulk
 from sim.topology import WIRE_HOST_V4, WIRE_HOST_V6, Cluster, run_in
 
 pytestmark = pytest.mark.kernel
@@ -42,27 +43,7 @@ REMOTE_V4, VIP_V4 = "198.19.9.9", "10.96.0.10"
 REMOTE_V6, VIP_V6 = "2001:db8:1:9::9", "fd00:96::10"
 FAST = "fast"
 
-NFT_TRACKING = """
-table inet xdpcni_test {
-  chain forward {
-    type filter hook forward priority 0; policy accept;
-    ct state invalid counter drop
-  }
-}
-"""
-
-
-def nft(ns: str, ruleset: str) -> None:
-    run_in(ns, "nft", "-f", "-", input=ruleset)
-
-
-def sysctl(ns: str, key: str, value: str) -> None:
-    with entered(ns), open("/proc/sys/" + key.replace(".", "/"), "w") as fh:
-        fh.write(value)
-
-
-def conntrack(ns: str, *args: str, check: bool = True):
-    return run_in(ns, "conntrack", *args, check=check)
+NFT_TRACKING = TRACKING
 
 
 @pytest.fixture(scope="module")
@@ -445,45 +426,6 @@ def _tcp_connect(src_ns: str, dst: str, dst_ns: str, port: int) -> bool:
         srv.close()
 
 
-def _bulk(src_ns: str, dst_ns: str, dst: str, nbytes: int, port: int) -> int:
-    fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
-    with entered(dst_ns):
-        srv = socket.socket(fam, socket.SOCK_STREAM)
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
-        srv.listen(1)
-    srv.settimeout(10)
-    got = [0]
-
-    def sink():
-        conn, _ = srv.accept()
-        conn.settimeout(10)
-        with conn:
-            while b := conn.recv(1 << 16):
-                got[0] += len(b)
-
-    t = threading.Thread(target=sink, daemon=True)
-    t.start()
-    with entered(src_ns):
-        cli = socket.socket(fam, socket.SOCK_STREAM)
-    try:
-        cli.settimeout(10)
-        cli.connect((dst, port))
-        cli.sendall(b"b" * nbytes)
-        cli.shutdown(socket.SHUT_WR)
-        cli.recv(1)  # the peer's FIN: the close completed both ways
-    finally:
-        cli.close()
-    t.join(15)
-    srv.close()
-    return got[0]
-
-
-def _nft_invalid_drops(ns: str) -> int:
-    out = run_in(ns, "nft", "list", "chain", "inet", "xdpcni_test", "forward").stdout
-    return int(out.split("counter packets ")[1].split()[0])
-
-
 @pytest.mark.parametrize("direction", ["pod-to-wire", "wire-to-pod"])
 def test_established_tcp_bulk_takes_the_fast_path_and_closes_cleanly(gate_env, direction):
     """16 MB with `ct state invalid drop` in FORWARD and liberal window tracking: the transfer
@@ -498,17 +440,17 @@ def test_established_tcp_bulk_takes_the_fast_path_and_closes_cleanly(gate_env, d
     port = 47200 if direction == "pod-to-wire" else 47201
     reason = Reason.FWD_POD_TO_NIC if direction == "pod-to-wire" else Reason.FWD_NIC_TO_POD
     try:
-        inv0, fwd0 = _nft_invalid_drops(node.ns), forwarded(node.ns)
+        inv0, fwd0 = invalid_drops(node.ns), forwarded(node.ns)
         with Stats(node.pin_root) as st:
             fast0 = st.packets(pod.ep.ep_id, reason)
         if direction == "pod-to-wire":
-            assert _bulk(pod.ns, c.wire, WIRE_HOST_V4, 16 << 20, port) == 16 << 20
+            assert tcp_bulk(pod.ns, c.wire, WIRE_HOST_V4, 16 << 20, port) == 16 << 20
         else:
-            assert _bulk(c.wire, pod.ns, pod.ip4, 16 << 20, port) == 16 << 20
+            assert tcp_bulk(c.wire, pod.ns, pod.ip4, 16 << 20, port) == 16 << 20
         with Stats(node.pin_root) as st:
             fast = st.packets(pod.ep.ep_id, reason) - fast0
         kernel = forwarded(node.ns) - fwd0
-        assert _nft_invalid_drops(node.ns) == inv0, "conntrack marked packets INVALID"
+        assert invalid_drops(node.ns) == inv0, "conntrack marked packets INVALID"
         assert fast > 0 and kernel <= 12, f"fast path {fast}, kernel forwarded {kernel}"
         assert fast / (fast + kernel) >= 0.95
         time.sleep(0.2)
@@ -539,14 +481,14 @@ def test_the_agent_marks_established_flows_liberal_so_tcp_takes_the_fast_path(ga
         deadline = time.monotonic() + 10
         while "liberal marker" not in _read(agent.log_path) and time.monotonic() < deadline:
             time.sleep(0.05)
-        inv0 = _nft_invalid_drops(node.ns)
+        inv0 = invalid_drops(node.ns)
         with Stats(node.pin_root) as st:
             fast0 = st.packets(pod.ep.ep_id, Reason.FWD_POD_TO_NIC)
-        assert _bulk(pod.ns, c.wire, WIRE_HOST_V4, 16 << 20, 47203) == 16 << 20
+        assert tcp_bulk(pod.ns, c.wire, WIRE_HOST_V4, 16 << 20, 47203) == 16 << 20
         with Stats(node.pin_root) as st:
             fast = st.packets(pod.ep.ep_id, Reason.FWD_POD_TO_NIC) - fast0
         assert fast > 0, "the flow never took the fast path"
-        assert _nft_invalid_drops(node.ns) == inv0, "conntrack marked packets INVALID"
+        assert invalid_drops(node.ns) == inv0, "conntrack marked packets INVALID"
         with entered(node.ns), ctliberal.CTConn() as conn:
             flows = [
                 e
@@ -567,13 +509,13 @@ def test_without_liberal_window_tracking_tcp_stays_on_the_stack(gate_env):
     node = c.nodes[0]
     pod = node.pods[0]
     sysctl(node.ns, "net.netfilter.nf_conntrack_tcp_be_liberal", "0")
-    inv0 = _nft_invalid_drops(node.ns)
+    inv0 = invalid_drops(node.ns)
     with Stats(node.pin_root) as st:
         fast0 = st.packets(pod.ep.ep_id, Reason.FWD_POD_TO_NIC)
-    assert _bulk(pod.ns, c.wire, WIRE_HOST_V4, 1 << 20, 47202) == 1 << 20
+    assert tcp_bulk(pod.ns, c.wire, WIRE_HOST_V4, 1 << 20, 47202) == 1 << 20
     with Stats(node.pin_root) as st:
         assert st.packets(pod.ep.ep_id, Reason.FWD_POD_TO_NIC) == fast0
-    assert _nft_invalid_drops(node.ns) == inv0
+    assert invalid_drops(node.ns) == inv0
 
 
 def test_idle_udp_flow_outlives_a_short_timeout(gate_env):

@@ -40,6 +40,7 @@ from datapath.maps import PinnedMap
 from datapath.netns import entered
 from datapath.pins import PinLayout
 from datapath.stats import Stats
+from sim.netfilter import TRACKING, nft, sysctl
 from sim.topology import WIRE_HOST_V4, WIRE_HOST_V6, Cluster, run_in
 
 pytestmark = pytest.mark.kernel
@@ -57,26 +58,10 @@ TC_NIC_FILTER = "xdpcni_tc_nic"  # as datapath/loader.py names them
 TC_POD_FILTER = "xdpcni_tc_pod"
 FWD = (Reason.FWD_NIC_TO_POD, Reason.FWD_POD_TO_POD, Reason.FWD_POD_TO_NIC)
 
-NFT_TRACKING = """
-table inet xdpcni_test {
-  chain forward {
-    type filter hook forward priority 0; policy accept;
-    ct state invalid counter drop
-  }
-}
-"""
+NFT_TRACKING = TRACKING
 
 
 # --------------------------------------------------------------------------- environment
-
-
-def nft(ns: str, ruleset: str) -> None:
-    run_in(ns, "nft", "-f", "-", input=ruleset)
-
-
-def sysctl(ns: str, key: str, value: str) -> None:
-    with entered(ns), open("/proc/sys/" + key.replace(".", "/"), "w") as fh:
-        fh.write(value)
 
 
 @pytest.fixture(scope="module")

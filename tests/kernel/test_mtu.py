@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import threading
 import time
 
 import pytest
@@ -19,7 +18,7 @@ import pytest
 from datapath.abi import Reason
 from datapath.netns import entered
 from datapath.stats import Stats
-from sim.packets import capture, forwarded, snmp
+from sim.packets import capture, forwarded, snmp, tcp_bulk
 from sim.topology import WIRE_HOST_V4, WIRE_HOST_V6, Cluster, run_in
 
 pytestmark = pytest.mark.kernel
@@ -178,41 +177,6 @@ def test_pod_egress_too_big_for_the_nic_tells_the_pod(mtu_env, family):
         _set_mtu(node.ns, node.nic, 1500)
 
 
-def _tcp_bulk(src_ns: str, dst_ns: str, dst: str, nbytes: int, port: int) -> int:
-    fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
-    with entered(dst_ns):
-        srv = socket.socket(fam, socket.SOCK_STREAM)
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
-        srv.listen(1)
-    srv.settimeout(10)
-    got = [0]
-
-    def sink():
-        conn, _ = srv.accept()
-        conn.settimeout(10)
-        with conn:
-            while True:
-                b = conn.recv(1 << 16)
-                if not b:
-                    return
-                got[0] += len(b)
-
-    t = threading.Thread(target=sink, daemon=True)
-    t.start()
-    with entered(src_ns):
-        cli = socket.socket(fam, socket.SOCK_STREAM)
-    try:
-        cli.settimeout(10)
-        cli.connect((dst, port))
-        cli.sendall(b"g" * nbytes)
-    finally:
-        cli.close()
-    t.join(15)
-    srv.close()
-    return got[0]
-
-
 def test_tcp_bulk_egress_with_tso_stays_on_the_fast_path(mtu_env):
     c = mtu_env
     node = c.nodes[0]
@@ -224,7 +188,7 @@ def test_tcp_bulk_egress_with_tso_stays_on_the_fast_path(mtu_env):
         _count(node, ep, r) for r in (Reason.FWD_POD_TO_NIC, Reason.PASS_MTU, Reason.PASS_FIB)
     )
     fwd0 = forwarded(node.ns)
-    assert _tcp_bulk(pod.ns, c.wire, WIRE_HOST_V4, 8 << 20, 47010) == 8 << 20
+    assert tcp_bulk(pod.ns, c.wire, WIRE_HOST_V4, 8 << 20, 47010) == 8 << 20
     fast = _count(node, ep, Reason.FWD_POD_TO_NIC) - fast0
     assert _count(node, ep, Reason.PASS_MTU) == mtu0, "GSO skbs were judged too big"
     assert _count(node, ep, Reason.PASS_FIB) == fib0

@@ -41,11 +41,10 @@ from cni.plumbing import NUD_PERMANENT
 from datapath import abi
 from datapath.abi import Reason
 from datapath.maps import PinnedMap
-from datapath.netns import entered
 from datapath.pins import PinLayout
 from datapath.stats import NODE_EP_ID, Stats
 from sim.packets import capture, forwarded, send_frames
-from sim.topology import WIRE_HOST_V4, WIRE_HOST_V6
+from sim.topology import WIRE_HOST_V4, WIRE_HOST_V6, sysctl
 
 pytestmark = pytest.mark.kernel
 
@@ -67,11 +66,6 @@ class Env:
     pods: list
     wire_mac: str
     mode: str
-
-
-def _write_sysctl(ns: str, key: str, value: str) -> None:
-    with entered(ns), open("/proc/sys/" + key.replace(".", "/"), "w") as fh:
-        fh.write(value)
 
 
 def _permanent_neigh(ns: str, ifname: str, ip: str, mac: str) -> None:
@@ -108,10 +102,10 @@ def env(node_env, mode):
     _permanent_neigh(node.ns, node.nic, WIRE_HOST_V6, wire_mac)
     _permanent_neigh(c.wire, "br0", node.nic_ip4, node.nic_mac)
     _permanent_neigh(c.wire, "br0", node.nic_ip6, node.nic_mac)
-    _write_sysctl(c.wire, "net.ipv6.conf.br0.accept_ra", "0")
-    _write_sysctl(c.wire, "net.ipv6.conf.br0.router_solicitations", "0")
+    sysctl(c.wire, "net.ipv6.conf.br0.accept_ra", "0")
+    sysctl(c.wire, "net.ipv6.conf.br0.router_solicitations", "0")
     # The bridge port towards the node has its own link-local address and sends RS/MLD from it.
-    _write_sysctl(c.wire, f"net.ipv6.conf.{node.wire_port}.disable_ipv6", "1")
+    sysctl(c.wire, f"net.ipv6.conf.{node.wire_port}.disable_ipv6", "1")
     _wait_quiet(node)
     return Env(c, node, node.pods, wire_mac, mode)
 
