@@ -502,3 +502,48 @@ def realistic_node(
         log(f"  nft counters: {res['nft_counters']}")
     bn.configure("tc")
     return res
+
+
+# -- the monitor's cost (issue: "never slows the fast path measurably when nobody listens") -------------
+
+MONITOR_SETTINGS = (("monitor_off", 0, 0), ("monitor_on_1_in_100", 1, 100))
+
+
+def monitor_costs(bn: BenchNode, repeat: int, rounds: int) -> dict:
+    """xdp_nic and tc_nic on the fast path (gate off, a UDP frame for the pod) with the monitor
+    off and on at 1-in-100 sampling, BPF_PROG_TEST_RUN through the frame-restoring prologue, cost =
+    median per-round difference to the prologue -> empty program. Nobody reads the ring buffer
+    during the runs: once it is full, the sampled outputs fail (a reserve attempt is still paid)."""
+    progs = bn.progs
+    frame = udp_frame(bn)
+    was_on = gate(bn)
+    xdp_ctx = libbpf.XdpMd(data=0, data_end=len(frame), ingress_ifindex=bn.nic_ifindex)
+    out: dict = {
+        "method": f"BPF_PROG_TEST_RUN from CPU 0 in the node namespace, repeat={repeat}, {rounds} rounds, "
+        "prologue -> program minus prologue -> empty, gate off, UDP frame for the pod; monitor_cfg set directly"
+    }
+    layout = PinLayout(bn.node.pin_root)
+    try:
+        with entered(bn.node.ns), pinned_cpu(GEN_CPU), PinnedMap(layout, "monitor_cfg") as cfg:
+            set_gate(bn, False)
+            progs.set_template(frame)
+            for hook, prog, empty, ctx in (
+                ("xdp", "xdp_nic", "xdp_pass", xdp_ctx),
+                ("tc", "tc_nic", "tc_pass", None),
+            ):
+                prologue, target, empty_fd = progs.fd(f"{hook}_prologue"), bn.fds[prog], progs.fd(empty)
+                diffs = {name: [] for name, _, _ in MONITOR_SETTINGS}
+                for _ in range(rounds):
+                    for name, active, sample in MONITOR_SETTINGS:
+                        cfg.put(0, abi.MonitorConfig(active=active, sample_n=sample))
+                        progs.set_target(hook, empty_fd)
+                        b = libbpf.prog_test_run(prologue, frame, repeat=repeat, ctx=ctx)[2]
+                        progs.set_target(hook, target)
+                        f = libbpf.prog_test_run(prologue, frame, repeat=repeat, ctx=ctx)[2]
+                        diffs[name].append(f - b)
+                out[hook] = {"program": prog, **{f"{k}_ns": statistics.median(v) for k, v in diffs.items()}}
+                out[hook]["rounds_ns"] = diffs
+            cfg.put(0, abi.MonitorConfig(active=0, sample_n=0))
+    finally:
+        set_gate(bn, was_on)
+    return out

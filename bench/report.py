@@ -311,6 +311,16 @@ def build(results: dict) -> tuple[list[dict], list[dict]]:
             if bs.get(key) is not None:
                 row("program cost", f"{label}, bpf_stats [ns/run]", "bpf_stats", bs[key], "ns")
 
+    # -- the monitor (bench/realnode.py monitor_costs) --------------------------------------------------
+    mon = pc.get("monitor")
+    if mon:
+        for hook in ("xdp", "tc"):
+            h = mon.get(hook)
+            if h:
+                fig = f"{h['program']} test run, fast path, monitor [ns/pkt]"
+                row("program cost", fig, "monitor off", h["monitor_off_ns"], "ns")
+                row("program cost", fig, "monitor on, 1-in-100 sampling", h["monitor_on_1_in_100_ns"], "ns")
+
     # -- conntrack gate (bench/realnode.py gate_costs) ---------------------------------------------------
     g = pc.get("conntrack_gate")
     if g:

@@ -420,6 +420,19 @@ class Bench:
             if bad:
                 raise RuntimeError(f"{h['program']}: unexpected verdicts {bad}: {h['checks']}")
 
+    def monitor_cost(self) -> None:
+        from .realnode import monitor_costs
+
+        m = self.results.setdefault("program_cost", {})["monitor"] = monitor_costs(
+            self.bn, self.p.tr_repeat, self.p.gate_rounds
+        )
+        for hook in ("xdp", "tc"):
+            h = m[hook]
+            self.log(
+                f"  {h['program']}: monitor off {h['monitor_off_ns']} ns, "
+                f"on at 1/100 sampling {h['monitor_on_1_in_100_ns']} ns"
+            )
+
     def realistic_node(self) -> None:
         from .realnode import realistic_node
 
@@ -497,6 +510,7 @@ def main(argv=None) -> int:
         bench.phase("latency (sockperf)", bench.latency)
         bench.phase("program cost (test run, bpf_stats)", bench.program_cost)
         bench.phase("conntrack gate cost (test run, gate off / on hit / on miss)", bench.conntrack_gate_cost)
+        bench.phase("monitor cost (test run, monitor off / on at 1-in-100)", bench.monitor_cost)
         bench.phase("realistic node (kube-proxy-like rules, conntrack; TCP and UDP)", bench.realistic_node)
         # The CNI phase needs about 2.5 minutes for 100 pods; on a slow day the alarm would cut it
         # short, so it does fewer pods (recorded) rather than none.

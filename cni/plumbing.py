@@ -49,12 +49,16 @@ def host_ifname_for(container_id: str, ifname: str, network: str | None = None) 
     return "xc" + hashlib.sha256(key.encode(errors="surrogateescape")).hexdigest()[:11]
 
 
-def owner_mark(network: str, container_id: str, ifname: str) -> str:
+def owner_mark(network: str, container_id: str, ifname: str, pod: str | None = None) -> str:
     """The ownership mark ADD writes as the host veth's ifalias: DEL and GC delete a link only
-    when it carries the mark of the attachment they undo (never the NIC, never another pod's)."""
+    when it carries the mark of the attachment they undo (never the NIC, never another pod's); only
+    the first word (the digest) is compared. `pod` ("namespace/name" from the runtime's
+    K8S_POD_NAMESPACE / K8S_POD_NAME) follows as ` pod=NS/NAME` so operator tools show pods by
+    name (node/pods.py)."""
     digest = hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode(errors="surrogateescape"))
     readable = f" {network[:64]}/{container_id[:64]}/{ifname.encode('unicode_escape').decode()}"
-    return f"xdpcni:{digest.hexdigest()[:32]}{readable}"[:255]
+    named = f" pod={pod}" if pod else ""
+    return f"xdpcni:{digest.hexdigest()[:32]}{readable}{named}"[:255]
 
 
 def link_owner_ok(ipr: IPRoute, idx: int, mark: str | None) -> bool:

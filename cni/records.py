@@ -49,6 +49,14 @@ class Record:
     ips: list[str] = field(default_factory=list)  # filled in once IPAM answered
     ipam_type: str = ""
     complete: bool = False  # ADD printed its result
+    pod_namespace: str = ""  # from CNI_ARGS K8S_POD_NAMESPACE / K8S_POD_NAME / K8S_POD_UID, if given
+    pod_name: str = ""
+    pod_uid: str = ""
+
+    @property
+    def pod(self) -> str | None:
+        """ "namespace/name" when the runtime said (Kubernetes), else None."""
+        return f"{self.pod_namespace}/{self.pod_name}" if self.pod_namespace and self.pod_name else None
 
     @property
     def host_ifname(self) -> str:

@@ -351,14 +351,19 @@ def cmd_netfilter(args) -> int:
 def cmd_endpoints(args) -> int:
     from datapath.endpoints import EndpointTable
 
+    from . import pods
+
     with EndpointTable(_root(args)) as table:
         eps = table.list()
     if args.json:
-        print(json.dumps([e.as_dict() for e in eps], indent=2))
+        print(json.dumps([{**e.as_dict(), "pod": pods.display_name(e)} for e in eps], indent=2))
         return 0
-    print(f"{'ID':>4}  {'IFINDEX':>7}  {'POD MAC':17}  {'HOST MAC':17}  IPS")
+    print(f"{'ID':>4}  {'POD':32}  {'IFINDEX':>7}  {'POD MAC':17}  {'HOST MAC':17}  IPS")
     for e in eps:
-        print(f"{e.ep_id:>4}  {e.ifindex:>7}  {e.pod_mac:17}  {e.host_mac:17}  {' '.join(e.ips)}")
+        print(
+            f"{e.ep_id:>4}  {pods.display_name(e):32}  {e.ifindex:>7}  {e.pod_mac:17}  {e.host_mac:17}  "
+            f"{' '.join(e.ips)}"
+        )
     return 0
 
 
@@ -534,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     mp = sub.add_parser(
         "monitor", help="live datapath events: every drop, and 1 in N of the rest (--sample N)"
     )
-    mp.add_argument("--pod", help="only this pod (veth, IP or endpoint id; NS/NAME once the CNI records it)")
+    mp.add_argument("--pod", help="only this pod (NAMESPACE/NAME, veth, IP or endpoint id)")
     mp.add_argument("--reason", help="only this reason, e.g. drop_spoof_ip")
     mp.add_argument("--drops", action="store_true", help="only drops")
     mp.add_argument(

@@ -3,10 +3,10 @@
 Every tool that shows a pod (`xdpcnictl trace`, `monitor`, `status`, the Prometheus metrics)
 goes through display_name()/identity() and find_endpoint(), so pod names arrive everywhere at once.
 
-HOOK: the CNI's attachment records do not yet keep K8S_POD_NAMESPACE / K8S_POD_NAME (from
-CNI_ARGS). Until they do, a pod is shown as its host-side veth name plus its IPs. When the records
-carry them, display_name() should return "NAMESPACE/NAME" looked up by the endpoint's host veth
-(ifindex) or IPs; `--pod NS/NAME` filters then match it without any other change.
+Kubernetes runtimes pass K8S_POD_NAMESPACE / K8S_POD_NAME in CNI_ARGS; ADD keeps them in the
+attachment record and writes them into the host veth's ownership mark (ifalias, ` pod=NS/NAME`,
+cni/plumbing.owner_mark), where every tool here reads them from the live link. A pod without them
+(another runtime, the simulator's hand-made pods) is shown as its host veth's name.
 """
 
 from __future__ import annotations
@@ -27,9 +27,24 @@ def veth_name(ifindex: int) -> str | None:
         return None
 
 
+def pod_name(ifindex: int) -> str | None:
+    """ "namespace/name" from the host veth's ownership mark, None when it carries none."""
+    from pyroute2 import IPRoute
+
+    try:
+        with IPRoute() as ipr:
+            alias = ipr.get_links(ifindex)[0].get_attr("IFLA_IFALIAS") or ""
+    except Exception:
+        return None
+    if " pod=" not in alias:
+        return None
+    return alias.split(" pod=", 1)[1].split()[0] or None
+
+
 def display_name(ep: Endpoint) -> str:
-    """The pod's name as tools show it. For now the host veth name (see the module docstring)."""
-    return veth_name(ep.ifindex) or f"if{ep.ifindex}"
+    """The pod's name as tools show it: NAMESPACE/NAME when the runtime gave it, else the host
+    veth's name (see the module docstring)."""
+    return pod_name(ep.ifindex) or veth_name(ep.ifindex) or f"if{ep.ifindex}"
 
 
 def identity(ep: Endpoint | None) -> dict:
@@ -53,8 +68,8 @@ class UnknownPod(LookupError):
 
 
 def find_endpoint(ident: str, endpoints: list[Endpoint]) -> Endpoint:
-    """The endpoint an operator means by `ident`: its display name (NS/NAME once records carry
-    it), host veth name, one of its IPs, or its endpoint id. Raises UnknownPod."""
+    """The endpoint an operator means by `ident`: its display name (NAMESPACE/NAME when the
+    runtime gave it), its host veth name, one of its IPs, or its endpoint id. Raises UnknownPod."""
     ident = ident.strip()
     try:
         ip = ipaddress.ip_address(ident)
@@ -68,4 +83,4 @@ def find_endpoint(ident: str, endpoints: list[Endpoint]) -> Endpoint:
         if ident.isdigit() and int(ident) == ep.ep_id:
             return ep
     known = ", ".join(display_name(e) for e in endpoints) or "none"
-    raise UnknownPod(f"no endpoint {ident!r} on this node (pods by veth, IP or endpoint id: {known})")
+    raise UnknownPod(f"no endpoint {ident!r} on this node (pods by name, veth, IP or endpoint id: {known})")

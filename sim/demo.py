@@ -79,9 +79,11 @@ def run_demo(mode: str = "tc", per_flow: int = PER_FLOW) -> int:
             for i in range(PODS_PER_NODE):
                 name = f"{key}-pod{i + 1}"
                 if i == 0:
-                    _say(f"{key}: CNI ADD {name} (first ADD compiles and loads the node datapath, ~6 s)", t0)
+                    _say(f"{key}: CNI ADD {name} (the first ADD on a node loads its datapath)", t0)
                 ns = rt.new_pod_netns(f"pod{i + 1}")
-                inv = rt.add(name, ns)
+                # what kubelet passes: the pod's namespace and name end up in every operator view
+                k8s = f"IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME={name}"
+                inv = rt.add(name, ns, extra_env={"CNI_ARGS": k8s})
                 if not inv.ok:
                     raise RuntimeError(f"CNI ADD {name} failed: {inv.stdout} {inv.stderr[-500:]}")
                 pod = rt.pod_from_result(name, ns, inv.out)

@@ -133,7 +133,16 @@ def _add(env: CniEnv, conf: NetConf) -> dict:
     records = record_store(conf)
     if records.get(env.container_id, env.ifname) is not None:
         raise CniError(ALREADY_EXISTS, f"{env.container_id}/{env.ifname} is already attached: DEL it first")
-    rec = Record(env.container_id, env.ifname, network=conf.name, netns=env.netns, ipam_type=conf.ipam.type)
+    rec = Record(
+        env.container_id,
+        env.ifname,
+        network=conf.name,
+        netns=env.netns,
+        ipam_type=conf.ipam.type,
+        pod_namespace=env.args.get("K8S_POD_NAMESPACE", ""),
+        pod_name=env.args.get("K8S_POD_NAME", ""),
+        pod_uid=env.args.get("K8S_POD_UID", ""),
+    )
 
     with ExitStack() as undo:
         records.put(rec)
@@ -151,7 +160,13 @@ def _add(env: CniEnv, conf: NetConf) -> dict:
             undo.callback(_delete_created, created)
             try:
                 link = plumbing.create_veth(
-                    ipr, env.netns, rec.host_ifname, env.ifname, conf.pod_mtu, mark=rec.mark, created=created
+                    ipr,
+                    env.netns,
+                    rec.host_ifname,
+                    env.ifname,
+                    conf.pod_mtu,
+                    mark=plumbing.owner_mark(conf.name, env.container_id, env.ifname, rec.pod),
+                    created=created,
                 )
             except plumbing.PlumbingError as exc:
                 raise CniError(PLUMBING, str(exc)) from exc

@@ -3,6 +3,7 @@ ADD (first one loads the datapath), CHECK, traffic to every pod IP over the fast
 nothing behind, DEL twice succeeds."""
 
 import ipaddress
+import json
 
 import pytest
 from scapy.layers.l2 import Ether
@@ -70,3 +71,17 @@ def test_twenty_pods_add_check_traffic_del(cluster, node, mode):
         assert inv.ok, inv.stdout + inv.stderr
     inv = rt.delete("pod00", None)  # and with the netns gone/unknown
     assert inv.ok, inv.stdout + inv.stderr
+
+
+def test_pods_are_known_by_their_kubernetes_name(cluster, node, runtime):
+    """kubelet's K8S_POD_NAMESPACE / K8S_POD_NAME (CNI_ARGS) are kept in the attachment record and
+    the host veth's ownership mark, so `xdpcnictl endpoints` (and trace, monitor, stats, metrics,
+    all through node/pods.py) show the pod as NAMESPACE/NAME."""
+    ns = runtime.new_pod_netns("named")
+    args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-7d9f;K8S_POD_UID=0f3e"
+    inv = runtime.add("named", ns, extra_env={"CNI_ARGS": args})
+    assert inv.ok, inv.stdout
+    rows = json.loads(node.ctl("endpoints", "--json").stdout)
+    assert [r["pod"] for r in rows] == ["shop/cart-7d9f"], rows
+    assert "shop/cart-7d9f" in node.ctl("endpoints").stdout
+    assert runtime.delete("named", ns).ok
