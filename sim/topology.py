@@ -162,7 +162,12 @@ class Node:
         with entered(self.ns), IPRoute() as ipr:
             host_if = plumbing.host_ifname_for(ns, "eth0")
             link = plumbing.create_veth(
-                ipr, f"/var/run/netns/{ns}", host_if, "eth0", mtu, mark=plumbing.owner_mark("sim", ns, "eth0")
+                ipr,
+                f"/var/run/netns/{ns}",
+                host_if,
+                "eth0",
+                mtu,
+                mark=plumbing.owner_mark("sim", ns, "eth0", pod=f"sim/{name}"),
             )
             plumbing.configure_pod_side(f"/var/run/netns/{ns}", link, ips)
             plumbing.configure_host_side(ipr, link, ips)

@@ -136,7 +136,7 @@ def _the_drop(events, node, pod):
         name = pods.display_name(next(e for e in _endpoints(node) if e.ep_id == pod.ep.ep_id))
     assert d["reason"] == "drop_spoof_ip"
     assert d["hook"] == "tc_pod" and d["direction"] == "from-pod"
-    assert d["ep_id"] == pod.ep.ep_id and d["pod"] == name and pod.ip4 in d["pod_ips"]
+    assert d["ep_id"] == pod.ep.ep_id and d["pod"] == name == f"sim/{pod.name}" and pod.ip4 in d["pod_ips"]
     assert (d["src"], d["dst"], d["proto"], d["dport"]) == (SPOOF_SRC, WIRE_HOST_V4, "udp", 40009)
     assert d["smac"] == pod.link.pod_mac
     return d
