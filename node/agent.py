@@ -110,15 +110,39 @@ def _serve_one(conn: socket.socket, own_netns: int, log) -> None:
     t0 = time.monotonic()
     with _STDERR.captured() as err:
         rc, stdout = execute(env, req.get("stdin", "").encode(errors="surrogateescape"))
-    log(
-        f"{env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} rc={rc} "
-        f"{(time.monotonic() - t0) * 1000:.1f}ms"
-    )
+    elapsed = time.monotonic() - t0
+    log(f"{env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} rc={rc} {elapsed * 1000:.1f}ms")
+    if _VERBS is not None:
+        _VERBS.observe(env.get("CNI_COMMAND", "?"), _code(rc, stdout), elapsed)
     conn.settimeout(REQUEST_TIMEOUT)
     try:
         client.send_msg(conn, {"rc": rc, "stdout": stdout, "stderr": err.getvalue()})
     except OSError as exc:
         log(f"client went away before the reply: {exc}")
+
+
+_VERBS = None  # node.metrics.VerbMetrics when the agent serves metrics
+
+
+def _code(rc: int, stdout: str) -> int:
+    """The CNI result code of a reply: 0 for success, else the error object's code."""
+    if rc == 0:
+        return 0
+    try:
+        return int(json.loads(stdout).get("code", 100))
+    except (ValueError, AttributeError, TypeError):
+        return 100
+
+
+def _health(roots: list[str]):
+    """healthy() for /healthz: None when every datapath root is loaded, else the reason."""
+    from datapath.pins import PinLayout
+
+    def healthy() -> str | None:
+        missing = [r for r in roots if not PinLayout(r).is_loaded()]
+        return f"datapath not loaded under {', '.join(missing)}" if missing else None
+
+    return healthy
 
 
 def _connection(conn: socket.socket, own_netns: int, log) -> None:
@@ -227,7 +251,12 @@ def restore_endpoints(roots: list[str], log) -> None:
             log(f"restore {root} failed: {exc}")
 
 
-def serve(path: str = client.DEFAULT_SOCKET, log=None, roots: list[str] | None = None) -> int:
+def serve(
+    path: str = client.DEFAULT_SOCKET,
+    log=None,
+    roots: list[str] | None = None,
+    metrics_listen: str | None = None,
+) -> int:
     log = log or (lambda m: print(f"xdpcni-agent: {m}", flush=True))
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     if os.path.exists(path):
@@ -267,6 +296,14 @@ def serve(path: str = client.DEFAULT_SOCKET, log=None, roots: list[str] | None =
     watcher = threading.Thread(target=watch_netfilter, args=(roots, stop_watch, log), daemon=True)
     watcher.start()
     marker = start_liberal_marker(roots, log)
+    httpd = None
+    if metrics_listen:
+        global _VERBS
+        from . import metrics
+
+        reg = metrics.registry(roots[0])
+        _VERBS = metrics.VerbMetrics(reg)
+        httpd = metrics.start_server(reg, metrics_listen, _health(roots), log)
     restore_endpoints(roots, log)
     try:
         while not stopping:
@@ -281,6 +318,8 @@ def serve(path: str = client.DEFAULT_SOCKET, log=None, roots: list[str] | None =
         stop_watch.set()
         if marker is not None:
             marker.stop()
+        if httpd is not None:
+            httpd.shutdown()
         srv.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

@@ -465,7 +465,7 @@ def cmd_metrics(args) -> int:
 def cmd_agent(args) -> int:
     from .agent import serve
 
-    return serve(args.socket, roots=[_root(args)])
+    return serve(args.socket, roots=[_root(args)], metrics_listen=args.metrics or None)
 
 
 def cmd_demo(args) -> int:
@@ -566,6 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
         "to in-process work when no agent runs)",
     )
     ag.add_argument("--socket", default=DEFAULT_SOCKET, help="socket path (default %(default)s)")
+    ag.add_argument(
+        "--metrics",
+        default="",
+        metavar="ADDR:PORT",
+        help="also serve Prometheus /metrics (datapath + CNI verbs) and /healthz, e.g. 127.0.0.1:9465",
+    )
     ag.set_defaults(func=cmd_agent)
     dp = sub.add_parser("demo", help="simulated 2-node cluster showing the bypass, then cleanup")
     dp.add_argument("--mode", choices=("xdp", "tc"), help="NIC mode for the demo (default tc)")

@@ -142,6 +142,55 @@ def registry(root: str, max_pods: int = DEFAULT_MAX_PODS) -> CollectorRegistry:
     return reg
 
 
+class VerbMetrics:
+    """CNI verbs the node agent served: counts by verb and result code, latency by verb."""
+
+    def __init__(self, reg: CollectorRegistry):
+        from prometheus_client import Counter, Histogram
+
+        self.requests = Counter(
+            "xdpcni_cni_requests", "CNI verbs served by the node agent", ["verb", "code"], registry=reg
+        )
+        self.seconds = Histogram(
+            "xdpcni_cni_request_duration_seconds",
+            "Time the node agent spent on a CNI verb",
+            ["verb"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=reg,
+        )
+
+    def observe(self, verb: str, code: int, seconds: float) -> None:
+        self.requests.labels(verb, str(code)).inc()
+        self.seconds.labels(verb).observe(seconds)
+
+
+def app(reg: CollectorRegistry, healthy=None):
+    """WSGI app: /metrics (Prometheus exposition) and /healthz (200 "ok" while healthy() says so,
+    else 503 with the reason), for the agent's readiness and liveness probes."""
+    metrics_app = make_wsgi_app(reg)
+
+    def wsgi(environ, start_response):
+        if environ.get("PATH_INFO") == "/healthz":
+            why = healthy() if healthy is not None else None
+            status = "200 OK" if why is None else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "text/plain")])
+            return [b"ok\n" if why is None else f"{why}\n".encode()]
+        return metrics_app(environ, start_response)
+
+    return wsgi
+
+
+def start_server(reg: CollectorRegistry, listen: str, healthy=None, log=print):
+    """Serve app() on a daemon thread (the node agent's way); returns the server (shutdown())."""
+    import threading
+
+    host, port = parse_listen(listen)
+    httpd = make_server(host, port, app(reg, healthy), server_class=_Server, handler_class=_Quiet)
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+    log(f"metrics on http://{listen}/metrics, health on /healthz")
+    return httpd
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
@@ -164,9 +213,7 @@ class _Server(WSGIServer):
 def serve(root: str, listen: str = DEFAULT_LISTEN, max_pods: int = DEFAULT_MAX_PODS, log=print) -> int:
     """Serve /metrics until SIGTERM/SIGINT; scrapes run on this thread (and in its namespace)."""
     host, port = parse_listen(listen)
-    httpd = make_server(
-        host, port, make_wsgi_app(registry(root, max_pods)), server_class=_Server, handler_class=_Quiet
-    )
+    httpd = make_server(host, port, app(registry(root, max_pods)), server_class=_Server, handler_class=_Quiet)
     stop = {"now": False}
 
     def on_signal(*_):

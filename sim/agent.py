@@ -15,7 +15,7 @@ LINE = re.compile(r"\b([A-Z]+) (\S+) rc=(-?\d+) ([\d.]+)ms")
 
 
 class NodeAgent:
-    def __init__(self, node: Node, start_timeout: float = 30.0):
+    def __init__(self, node: Node, start_timeout: float = 30.0, metrics: str | None = None):
         os.makedirs(node.data_dir, exist_ok=True)
         self.sock = os.path.join(node.data_dir, "agent.sock")
         self.log_path = os.path.join(node.data_dir, "agent.log")
@@ -30,6 +30,7 @@ class NodeAgent:
                 "agent",
                 "--socket",
                 self.sock,
+                *(["--metrics", metrics] if metrics else []),
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -66,3 +66,56 @@ def test_agent_in_another_netns_is_not_used(cluster, node, agent):
     assert inv.ok, inv.stdout + inv.stderr
     assert agent.served() == []
     assert rt.delete("other", ns).ok
+
+
+def test_agent_serves_metrics_and_health(cluster, node):
+    """The agent (the DaemonSet's main process) serves /metrics with the datapath counters and
+    the CNI verbs it ran (counts by verb and code, latency histograms), and /healthz: 503 until
+    the datapath is loaded, 200 after."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sim.topology import run_in
+
+    def get(path: str) -> tuple[int, str]:
+        code = (
+            "import urllib.request, urllib.error, sys\n"
+            "try:\n r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); print(r.read().decode())\n"
+            "except urllib.error.HTTPError as e:\n print(e.code); print(e.read().decode())\n"
+        )
+        out = run_in(node.ns, "python3", "-c", code, f"http://127.0.0.1:9477{path}").stdout
+        status, _, body = out.partition("\n")
+        return int(status), body
+
+    agent = NodeAgent(node, metrics="127.0.0.1:9477")
+    try:
+        status, body = get("/healthz")
+        assert status == 503 and "not loaded" in body
+        rt = Runtime.single(node, "tc", agentSocket=agent.sock)
+        ns = rt.new_pod_netns("m0")
+        assert rt.add("metrics0", ns).ok
+        assert get("/healthz")[0] == 200
+        assert (
+            udp_exchange(
+                cluster.wire,
+                ns,
+                rt.pod_from_result("metrics0", ns, rt.cache["metrics0/eth0"]).ip4,
+                n=5,
+                port=40200,
+            )
+            == 5
+        )
+        status, text = get("/metrics")
+        assert status == 200
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        adds = [
+            s
+            for s in fams["xdpcni_cni_requests"].samples
+            if s.labels.get("verb") == "ADD" and s.name.endswith("_total")
+        ]
+        assert adds and adds[0].labels["code"] == "0" and adds[0].value >= 1, adds
+        hist = [s for s in fams["xdpcni_cni_request_duration_seconds"].samples if s.name.endswith("_count")]
+        assert any(s.labels["verb"] == "ADD" and s.value >= 1 for s in hist)
+        pkts = [s for s in fams["xdpcni_packets"].samples if s.labels.get("reason") == "fwd_nic_to_pod"]
+        assert pkts and sum(s.value for s in pkts) >= 5
+    finally:
+        agent.stop()
