@@ -30,7 +30,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from datapath import abi, libbpf
+from datapath import abi, libbpf, netfilter
 from datapath.maps import PinnedMap
 from datapath.netns import entered
 from datapath.pins import PinLayout
@@ -56,17 +56,12 @@ IPERF_CLIENT_CPU = 0
 
 # -- the gate bit --------------------------------------------------------------------------------------
 def gate(bn: BenchNode) -> bool:
-    with PinnedMap(PinLayout(bn.node.pin_root), "node_cfg") as m:
-        return bool(m.get(0).flags & abi.NODE_F_CONNTRACK)
+    return netfilter.gate(bn.node.pin_root)
 
 
 def set_gate(bn: BenchNode, on: bool) -> None:
-    """Flip XDPCNI_NODE_F_CONNTRACK in node_cfg, as `netfilter: respect` (on) or `bypass` (off) does
-    (datapath.netfilter.sync); the programs read it per packet, no reload."""
-    with PinnedMap(PinLayout(bn.node.pin_root), "node_cfg") as m:
-        cfg = m.get(0)
-        cfg.flags = (cfg.flags | abi.NODE_F_CONNTRACK) if on else (cfg.flags & ~abi.NODE_F_CONNTRACK)
-        m.put(0, cfg)
+    """As `netfilter: respect` (on) or `bypass` (off) leaves it (datapath.netfilter.set_gate)."""
+    netfilter.set_gate(bn.node.pin_root, on)
 
 
 # -- frames and conntrack entries ----------------------------------------------------------------------

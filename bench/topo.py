@@ -113,7 +113,7 @@ class BenchNode:
         with IPRoute(netns=self.ns_path(node.ns)) as ipr:
             nic = self.nic_ifindex
             if cfg.nic == "tc":
-                attach.attach_tc_ingress(ipr, nic, self.fds["tc_nic"], "xdpcni_tc_nic")
+                attach.attach_tc_ingress(ipr, nic, self.fds["tc_nic"], attach.TC_NIC_FILTER)
                 attach.detach_xdp(ipr, nic)
             elif cfg.nic == "drop":  # the veth model's ceiling: count and drop at the NIC's TC ingress
                 attach.attach_tc_ingress(ipr, nic, self.progs.fd("door_tc"), "bench_nic_drop")
@@ -125,7 +125,7 @@ class BenchNode:
                 attach.detach_xdp(ipr, nic)
                 attach.detach_tc_ingress(ipr, nic)
             if cfg.pod_egress:
-                attach.attach_tc_ingress(ipr, pod.link.host_ifindex, self.fds["tc_pod"], "xdpcni_tc_pod")
+                attach.attach_tc_ingress(ipr, pod.link.host_ifindex, self.fds["tc_pod"], attach.TC_POD_FILTER)
             else:
                 attach.detach_tc_ingress(ipr, pod.link.host_ifindex)
         with IPRoute(netns=self.ns_path(pod.ns)) as pipr:

@@ -21,6 +21,11 @@ def attach_xdp(ipr: IPRoute, ifindex: int, prog_fd: int, flags: int = XDP_FLAGS_
     ipr.link("set", index=ifindex, xdp={"attrs": [("IFLA_XDP_FD", prog_fd), ("IFLA_XDP_FLAGS", flags)]})
 
 
+# Names of our cls_bpf filters on clsact ingress (what `tc filter show` and CHECK look for).
+TC_NIC_FILTER = "xdpcni_tc_nic"
+TC_POD_FILTER = "xdpcni_tc_pod"
+
+
 def detach_xdp(ipr: IPRoute, ifindex: int) -> None:
     """Remove an XDP program in either mode; a generic-mode one only goes with the SKB flag."""
     for flags in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):

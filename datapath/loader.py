@@ -297,7 +297,7 @@ def _attach_nic(
                 "(a veth NIC takes native XDP only with MTU <= 3506 on its peer)"
             )
             log(f"  {fallback}")
-    attach.attach_tc_ingress(ipr, nic_ifindex, fds["tc_nic"], "xdpcni_tc_nic")
+    attach.attach_tc_ingress(ipr, nic_ifindex, fds["tc_nic"], attach.TC_NIC_FILTER)
     attach.detach_xdp(ipr, nic_ifindex)
     return "tc", fallback
 
@@ -349,7 +349,7 @@ def _load(cfg: NodeConfig, layout: PinLayout, log, made: dict) -> NodeState:
         with PinnedMap(layout, "ifaces") as ifaces:
             for key in ifaces:
                 if _link_exists(ipr, key.value):
-                    attach.attach_tc_ingress(ipr, key.value, fds["tc_pod"], "xdpcni_tc_pod")
+                    attach.attach_tc_ingress(ipr, key.value, fds["tc_pod"], attach.TC_POD_FILTER)
                     upgraded += 1
         if upgraded:
             log(f"  re-attached the pod program on {upgraded} existing endpoint(s)")

@@ -70,10 +70,22 @@ def sync(root: str, mode: str) -> bool:
     Must run in the node's network namespace (it inspects that namespace's netfilter state).
     """
     on = wants_conntrack(mode)
+    set_gate(root, on)
+    return on
+
+
+def gate(root: str) -> bool:
+    """The conntrack gate's bit as the programs read it (node_cfg, XDPCNI_NODE_F_CONNTRACK)."""
+    with PinnedMap(PinLayout(root), "node_cfg") as m:
+        return bool(m.get(0).flags & abi.NODE_F_CONNTRACK)
+
+
+def set_gate(root: str, on: bool) -> None:
+    """Set or clear the gate's bit (only written when it changes); the programs read it per
+    packet, so this needs no reload. Run in the node's network namespace."""
     with PinnedMap(PinLayout(root), "node_cfg") as m:
         cfg = m.get(0)
         want = (cfg.flags | abi.NODE_F_CONNTRACK) if on else (cfg.flags & ~abi.NODE_F_CONNTRACK)
         if want != cfg.flags:
             cfg.flags = want
             m.put(0, cfg)
-    return on

@@ -17,7 +17,21 @@ from .loader import open_program
 def attach_host_side(ipr: IPRoute, root: str, host_ifindex: int) -> None:
     fd = open_program(root, "tc_pod")
     try:
-        nl.attach_tc_ingress(ipr, host_ifindex, fd, "xdpcni_tc_pod")
+        nl.attach_tc_ingress(ipr, host_ifindex, fd, nl.TC_POD_FILTER)
+    finally:
+        os.close(fd)
+
+
+def attach_nic(ipr: IPRoute, root: str, nic_ifindex: int, mode: str) -> None:
+    """(Re-)attach the pinned NIC program for `mode` as the loader does: native XDP, or TC
+    clsact ingress. For tools and tests that detached it; a load attaches its fresh programs."""
+    name = "xdp_nic" if mode == "xdp" else "tc_nic"
+    fd = open_program(root, name)
+    try:
+        if mode == "xdp":
+            nl.attach_xdp(ipr, nic_ifindex, fd, nl.XDP_FLAGS_DRV_MODE)
+        else:
+            nl.attach_tc_ingress(ipr, nic_ifindex, fd, nl.TC_NIC_FILTER)
     finally:
         os.close(fd)
 

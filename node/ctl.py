@@ -316,11 +316,9 @@ def cmd_status(args) -> int:
 
 
 def gate_on(root: str) -> bool:
-    from datapath import abi
-    from datapath.maps import PinnedMap
+    from datapath.netfilter import gate
 
-    with PinnedMap(PinLayout(root), "node_cfg") as m:
-        return bool(m.get(0).flags & abi.NODE_F_CONNTRACK)
+    return gate(root)
 
 
 def cmd_netfilter(args) -> int:

@@ -177,5 +177,5 @@ def _check_host(ipr: IPRoute, name: str, idx: int, pod_mac: str | None, want, mi
             missing.append(f"host route {ip}/{plen} via {name}")
         if pod_mac and (ip, pod_mac) not in neighs:
             missing.append(f"host's permanent neighbour {ip} -> {pod_mac}")
-    if "xdpcni_tc_pod" not in nl.tc_ingress_prog_names(ipr, idx):
+    if nl.TC_POD_FILTER not in nl.tc_ingress_prog_names(ipr, idx):
         missing.append(f"TC program on {name}'s ingress")

@@ -25,9 +25,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from datapath import abi, libbpf
+from datapath import libbpf, netfilter
 from datapath.abi import Reason
-from datapath.maps import PinnedMap
 from datapath.netns import entered
 from datapath.pins import PinLayout
 from datapath.stats import Stats
@@ -244,19 +243,14 @@ def test_gate_off_means_no_lookup(gate_env, mode):
     node = c.nodes[0]
     pod = node.pods[0]
     conntrack(node.ns, "-F", check=False)
-    layout = PinLayout(node.pin_root)
-    with entered(node.ns), PinnedMap(layout, "node_cfg") as m:
-        cfg = m.get(0)
-        cfg.flags &= ~abi.NODE_F_CONNTRACK
-        m.put(0, cfg)
+    with entered(node.ns):
+        netfilter.set_gate(node.pin_root, False)
     try:
         frame = _frame(node, c.wire_mac, f(WIRE_HOST_V4, pod.ip4))
         assert run_nic_program(node, mode, frame) == (XDP_REDIRECT if mode == "xdp" else TC_ACT_REDIRECT)
     finally:
-        with entered(node.ns), PinnedMap(layout, "node_cfg") as m:
-            cfg = m.get(0)
-            cfg.flags |= abi.NODE_F_CONNTRACK
-            m.put(0, cfg)
+        with entered(node.ns):
+            netfilter.set_gate(node.pin_root, True)
 
 
 # --------------------------------------------------------------------------- live flows

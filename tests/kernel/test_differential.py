@@ -13,7 +13,6 @@ pinned program afterwards, exactly as the loader attaches it, so every case runs
 from __future__ import annotations
 
 import ipaddress
-import os
 import time
 from contextlib import contextmanager
 
@@ -25,8 +24,8 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from datapath import attach
+from datapath import pod as pod_dp
 from datapath.abi import Reason
-from datapath.loader import open_program
 from datapath.netns import entered
 from datapath.stats import Stats
 from sim.packets import capture, forwarded, send_frames
@@ -37,7 +36,6 @@ pytestmark = pytest.mark.kernel
 N = 2  # copies per path
 TIMEOUT = 1.0
 PAYLOAD = b"xdpcni-diff-" + bytes(range(40))
-TC_FILTER_NAME = "xdpcni_tc_nic"  # as datapath/loader.py names it
 
 
 def _eth(c, node):
@@ -120,7 +118,7 @@ def _nic_program_attached(node) -> bool:
         idx = _nic_index(ipr, node)
         if node.loaded_mode == "xdp":
             return attach.xdp_prog_id(ipr, idx) != 0
-        return TC_FILTER_NAME in attach.tc_ingress_prog_names(ipr, idx)
+        return attach.TC_NIC_FILTER in attach.tc_ingress_prog_names(ipr, idx)
 
 
 @contextmanager
@@ -138,19 +136,7 @@ def fast_path_off(node):
         yield
     finally:
         with entered(node.ns), IPRoute() as ipr:
-            idx = _nic_index(ipr, node)
-            if node.loaded_mode == "xdp":
-                fd = open_program(node.pin_root, "xdp_nic")
-                try:
-                    attach.attach_xdp(ipr, idx, fd, attach.XDP_FLAGS_DRV_MODE)
-                finally:
-                    os.close(fd)
-            else:
-                fd = open_program(node.pin_root, "tc_nic")
-                try:
-                    attach.attach_tc_ingress(ipr, idx, fd, TC_FILTER_NAME)
-                finally:
-                    os.close(fd)
+            pod_dp.attach_nic(ipr, node.pin_root, _nic_index(ipr, node), node.loaded_mode)
         assert _nic_program_attached(node)
 
 

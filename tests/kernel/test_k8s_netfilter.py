@@ -25,7 +25,6 @@ gate prevents.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import threading
 from contextlib import contextmanager
@@ -33,12 +32,10 @@ from contextlib import contextmanager
 import pytest
 from pyroute2 import IPRoute
 
-from datapath import abi, attach
+from datapath import attach, netfilter
+from datapath import pod as pod_dp
 from datapath.abi import Reason
-from datapath.loader import open_program
-from datapath.maps import PinnedMap
 from datapath.netns import entered
-from datapath.pins import PinLayout
 from datapath.stats import Stats
 from sim.netfilter import TRACKING, nft, sysctl
 from sim.topology import WIRE_HOST_V4, WIRE_HOST_V6, Cluster, run_in
@@ -54,8 +51,6 @@ TIMEOUT = 3.0  # only reached when something is broken
 BROKEN_TIMEOUT = 0.6  # the bypass runs, expected to fail: below TCP's 1 s SYN retransmit
 SMALL = 64 << 10  # service traffic: enough segments for established-flow packets in both directions
 BULK = 4 << 20  # masquerade: a few MiB each way
-TC_NIC_FILTER = "xdpcni_tc_nic"  # as datapath/loader.py names them
-TC_POD_FILTER = "xdpcni_tc_pod"
 FWD = (Reason.FWD_NIC_TO_POD, Reason.FWD_POD_TO_POD, Reason.FWD_POD_TO_NIC)
 
 NFT_TRACKING = TRACKING
@@ -165,33 +160,15 @@ def kernel_path(cluster):
     finally:
         for node in cluster.nodes:
             with entered(node.ns), IPRoute() as ipr:
-                idx = _nic_index(ipr, node)
-                if node.loaded_mode == "xdp":
-                    fd = open_program(node.pin_root, "xdp_nic")
-                    try:
-                        attach.attach_xdp(ipr, idx, fd, attach.XDP_FLAGS_DRV_MODE)
-                    finally:
-                        os.close(fd)
-                else:
-                    fd = open_program(node.pin_root, "tc_nic")
-                    try:
-                        attach.attach_tc_ingress(ipr, idx, fd, TC_NIC_FILTER)
-                    finally:
-                        os.close(fd)
-                fd = open_program(node.pin_root, "tc_pod")
-                try:
-                    for pod in node.pods:
-                        attach.attach_tc_ingress(ipr, pod.link.host_ifindex, fd, TC_POD_FILTER)
-                finally:
-                    os.close(fd)
+                pod_dp.attach_nic(ipr, node.pin_root, _nic_index(ipr, node), node.loaded_mode)
+                for pod in node.pods:
+                    pod_dp.attach_host_side(ipr, node.pin_root, pod.link.host_ifindex)
         flush_conntrack(cluster)
 
 
 def _set_gate(node, on: bool) -> None:
-    with entered(node.ns), PinnedMap(PinLayout(node.pin_root), "node_cfg") as m:
-        cfg = m.get(0)
-        cfg.flags = (cfg.flags | abi.NODE_F_CONNTRACK) if on else (cfg.flags & ~abi.NODE_F_CONNTRACK)
-        m.put(0, cfg)
+    with entered(node.ns):
+        netfilter.set_gate(node.pin_root, on)
 
 
 @contextmanager
