@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 
 APT_PKGS=(python3-bpfcc libbpf1 libbpf-dev bpftool clang clang-format llvm iproute2 ethtool tcpdump netsniff-ng sockperf
-          iperf3 containernetworking-plugins nftables iptables conntrack podman runc busybox-static
+          iperf3 wrk containernetworking-plugins nftables iptables conntrack podman runc busybox-static
           linux-headers-amd64 python3-venv util-linux procps
           iputils-ping)
 
