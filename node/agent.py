@@ -256,6 +256,8 @@ def serve(
     log=None,
     roots: list[str] | None = None,
     metrics_listen: str | None = None,
+    peers_file: str | None = None,
+    node_name: str | None = None,
 ) -> int:
     log = log or (lambda m: print(f"xdpcni-agent: {m}", flush=True))
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -295,6 +297,10 @@ def serve(
     stop_watch = threading.Event()
     watcher = threading.Thread(target=watch_netfilter, args=(roots, stop_watch, log), daemon=True)
     watcher.start()
+    if peers_file:  # routes to the other nodes' pod CIDRs, re-synced when the file changes
+        from .routes import start_file_source
+
+        start_file_source(peers_file, node_name or socket.gethostname(), roots[0], stop_watch, log)
     marker = start_liberal_marker(roots, log)
     httpd = None
     if metrics_listen:

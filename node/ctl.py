@@ -10,6 +10,8 @@
   xdpcnictl monitor [--pod P] [--drops] [--sample N]  live datapath events (drops, sampled verdicts)
   xdpcnictl metrics [--listen ADDR:PORT]           serve Prometheus metrics (default 127.0.0.1:9465)
   xdpcnictl agent [--socket PATH]                  serve CNI verbs warm (optional accelerator)
+        [--peers FILE --node-name NAME]            ... and keep routes to the other nodes' pod CIDRs
+  xdpcnictl routes [--peers FILE --node-name NAME]  our routes to other nodes; with --peers: sync once
   xdpcnictl demo                                   the one-command demo (simulated 2-node cluster)
 
 --netns NAME runs the command in that network namespace (net only: bpffs pins stay visible).
@@ -213,6 +215,8 @@ def _problems(out: dict, rows) -> list[str]:
                 f"network {use['network']} range set {use['range_set']} is full ({use['used']}/{use['size']}): "
                 "new pods get code 103 until addresses are freed or the range grows"
             )
+    for p in (out.get("routes") or {}).get("problems", []):
+        probs.append(f"routes: {p}")
     if not out.get("agent", {}).get("alive"):
         probs.append(
             f"no node agent on {out.get('agent', {}).get('socket')} (CNI verbs run in-process: slower)"
@@ -245,6 +249,9 @@ def status(root: str, agent_socket: str = DEFAULT_SOCKET, cni_conf_dir: str | No
     from .ipam import address_use
 
     out["address_use"] = address_use(cni_conf_dir)
+    from .routes import read_status
+
+    out["routes"] = read_status(root)
     out["problems"] = _problems(out, rows) if out["loaded"] else []
     return out
 
@@ -309,6 +316,13 @@ def cmd_status(args) -> int:
                 f"  addresses {use['network']} set {use['range_set']}: {use['used']}/{use['size']} used, "
                 f"{use['free']} free"
             )
+    rt = out.get("routes")
+    if rt:
+        when = time.strftime("%H:%M:%S", time.localtime(rt["time"]))
+        print(
+            f"  routes to other nodes: {len(rt['routes'])} for {rt['peers']} node(s) in the peers "
+            f"(this node {rt['node']}; {rt['source'] or 'source ?'}; synced {when})"
+        )
     print("  problems:" if out["problems"] else "  problems: none")
     for p in out["problems"]:
         print(f"    - {p}")
@@ -463,7 +477,65 @@ def cmd_metrics(args) -> int:
 def cmd_agent(args) -> int:
     from .agent import serve
 
-    return serve(args.socket, roots=[_root(args)], metrics_listen=args.metrics or None)
+    return serve(
+        args.socket,
+        roots=[_root(args)],
+        metrics_listen=args.metrics or None,
+        peers_file=args.peers,
+        node_name=args.node_name,
+    )
+
+
+def _node_name(args) -> str:
+    import socket
+
+    return args.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+def cmd_routes(args) -> int:
+    """Our routes to the other nodes' pod CIDRs in this namespace; with --peers, one sync from the
+    file first (what `agent --peers` does at start and on every change), recorded for `status`."""
+    from . import routes
+
+    root = _root(args)
+    ctl = routes.RouteController(
+        _node_name(args),
+        ifname=args.dev,
+        status_file=routes.status_path(root),
+        source=f"peers file {args.peers}" if args.peers else "",
+    )
+    if args.remove_all:
+        print(f"removed {ctl.remove_all()} route(s) of proto {routes.RTPROT_XDPCNI}")
+        return 0
+    if args.peers:
+        res = ctl.sync(routes.load_peers_file(args.peers))
+        if args.json:
+            print(json.dumps({"node": ctl.self_name, **res.as_dict()}, indent=2))
+            return 0
+        print(res.summary())
+        for r in res.added:
+            print(f"  + {r}")
+        for r in res.changed:
+            print(f"  ~ {r}")
+        for r in res.removed:
+            print(f"  - {r}")
+        for p in res.problems:
+            print(f"  problem: {p}")
+        return 0
+    current = ctl.routes()
+    last = routes.read_status(root)
+    if args.json:
+        print(json.dumps({"routes": [str(r) for r in current], "last_sync": last}, indent=2))
+        return 0
+    print(f"routes of proto {routes.RTPROT_XDPCNI} (xdpcni) in this namespace: {len(current)}")
+    for r in current:
+        print(f"  {r}")
+    if last:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["time"]))
+        print(f"last sync {when} for node {last['node']} from {last['source'] or '?'}: {last['summary']}")
+        for p in last["problems"]:
+            print(f"  problem: {p}")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -570,7 +642,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR:PORT",
         help="also serve Prometheus /metrics (datapath + CNI verbs) and /healthz, e.g. 127.0.0.1:9465",
     )
+    ag.add_argument(
+        "--peers",
+        metavar="FILE",
+        help="peers file (conf/peers.example.yaml): route every other node's pod CIDRs via its address, "
+        "re-synced when the file changes",
+    )
+    ag.add_argument(
+        "--node-name", help="this node's name in the peers (default $NODE_NAME, else the host name)"
+    )
     ag.set_defaults(func=cmd_agent)
+    rp = sub.add_parser(
+        "routes", help="routes to the other nodes' pod CIDRs (proto 201); --peers FILE syncs them once"
+    )
+    rp.add_argument("--peers", metavar="FILE", help="sync from this peers file now")
+    rp.add_argument(
+        "--node-name", help="this node's name in the peers (default $NODE_NAME, else the host name)"
+    )
+    rp.add_argument("--dev", help="only subnets on this interface count as directly connected")
+    rp.add_argument("--remove-all", action="store_true", help="delete every route of ours (proto 201)")
+    rp.add_argument("--json", action="store_true")
+    rp.set_defaults(func=cmd_routes)
     dp = sub.add_parser("demo", help="simulated 2-node cluster showing the bypass, then cleanup")
     dp.add_argument("--mode", choices=("xdp", "tc"), help="NIC mode for the demo (default tc)")
     dp.set_defaults(func=cmd_demo)

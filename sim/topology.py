@@ -4,6 +4,12 @@ N node namespaces whose NIC is a veth plugged into that bridge; pods hang off no
 Addresses exist only inside these namespaces (RFC 2544 benchmark range and the IPv6
 documentation prefix); nodes have no default route. Every object is named with a per-run
 prefix and removed by Cluster.teardown(), which fixtures call also when a test fails.
+
+Routes between nodes are the product's: the cluster writes a peers file (conf/peers.example.yaml
+format: every node's name, NIC addresses and pod CIDRs) and each node syncs its routes from it
+with `xdpcnictl routes --peers FILE` (node/routes.py, the code `xdpcnictl agent --peers` runs).
+Only the wire host, standing in for the outside world's router, has hand-written routes to the
+pod CIDRs.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -18,6 +25,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+import yaml
 from pyroute2 import IPRoute, netns
 
 from cni import plumbing
@@ -122,6 +130,43 @@ class Node:
         return f"{TEST_DATA_BASE}/{self.ns}"
 
     @property
+    def name(self) -> str:
+        """The node's name in the peers file (as a Kubernetes Node name)."""
+        return f"n{self.index}"
+
+    def peer_entry(self) -> dict:
+        """This node as an entry of the peers file."""
+        return {
+            "name": self.name,
+            "addresses": [self.nic_ip4, self.nic_ip6],
+            "podCIDRs": [str(self.cidr4), str(self.cidr6)],
+        }
+
+    def routes_cmd(self, peers_file: str | None = None) -> list[str]:
+        """The command that syncs this node's routes to the other nodes from the peers file."""
+        return [
+            "nsenter",
+            f"--net=/var/run/netns/{self.ns}",
+            os.path.join(VENV_BIN, "xdpcnictl"),
+            "--root",
+            self.pin_root,
+            "routes",
+            "--peers",
+            peers_file or self.cluster.peers_file,
+            "--node-name",
+            self.name,
+            "--json",
+        ]
+
+    def sync_routes(self, peers_file: str | None = None) -> dict:
+        """Sync this node's routes from the peers file once; the result as `xdpcnictl routes
+        --json` prints it (added/changed/removed/kept/problems)."""
+        res = subprocess.run(self.routes_cmd(peers_file), text=True, capture_output=True, timeout=60)
+        if res.returncode != 0:
+            raise RuntimeError(f"route sync on {self.name} failed: {res.stderr.strip()}")
+        return json.loads(res.stdout)
+
+    @property
     def cidr4(self):
         return pod_cidrs(self.index)[0]
 
@@ -182,18 +227,59 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, n_nodes: int = 1, prefix: str | None = None):
+    """`routes=True` (default): with two or more nodes, every node's routes to the others come
+    from the route controller fed by the cluster's peers file (write_peers + sync_routes)."""
+
+    def __init__(self, n_nodes: int = 1, prefix: str | None = None, routes: bool = True):
         self.prefix = prefix or "xc" + secrets.token_hex(3)
         self.wire = f"{self.prefix}-wire"
         self.namespaces: list[str] = []
         self.nodes: list[Node] = []
+        self.peers_file = f"{TEST_DATA_BASE}/{self.prefix}-peers.yaml"
         try:
             self._make_wire()
             for i in range(n_nodes):
                 self._make_node(i)
+            if routes and n_nodes > 1:
+                self.write_peers()
+                self.sync_routes()
         except BaseException:
             self.teardown()
             raise
+
+    def write_peers(self, entries: list[dict] | None = None, path: str | None = None) -> str:
+        """Write the peers file (default: every node of the cluster) atomically, so an agent that
+        polls it never reads half a file. Returns its path."""
+        path = path or self.peers_file
+        entries = [n.peer_entry() for n in self.nodes] if entries is None else entries
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            yaml.safe_dump({"peers": entries}, fh, sort_keys=False)
+        os.replace(tmp, path)
+        return path
+
+    def sync_routes(self, nodes: list[Node] | None = None, peers_file: str | None = None) -> dict[str, dict]:
+        """Every node (or `nodes`) syncs its routes from the peers file, all at once; results by
+        node name. Raises if a sync failed or reported a problem."""
+        nodes = self.nodes if nodes is None else nodes
+        procs = {
+            n.name: subprocess.Popen(
+                n.routes_cmd(peers_file), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            for n in nodes
+        }
+        out, errors = {}, []
+        for name, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=60)
+            if proc.returncode != 0:
+                errors.append(f"{name}: {stderr.strip()}")
+                continue
+            out[name] = json.loads(stdout)
+            errors += [f"{name}: {p}" for p in out[name]["problems"]]
+        if errors:
+            raise RuntimeError("route sync: " + "; ".join(errors))
+        return out
 
     def __enter__(self):
         return self
@@ -247,14 +333,6 @@ class Cluster:
             n.addr("add", index=nic, address=nic_ip6, prefixlen=64, flags=plumbing.IFA_F_NODAD)
             n.link("set", index=nic, state="up")
             mac = n.get_links(nic)[0].get_attr("IFLA_ADDRESS")
-            for other in self.nodes:  # native routing to the other nodes' pod CIDRs
-                n.route("replace", dst=str(other.cidr4), gateway=other.nic_ip4)
-                n.route("replace", dst=str(other.cidr6), gateway=other.nic_ip6, family=10)
-        for other in self.nodes:
-            c4, c6 = pod_cidrs(i)
-            with IPRoute(netns=f"/var/run/netns/{other.ns}") as o:
-                o.route("replace", dst=str(c4), gateway=nic_ip4)
-                o.route("replace", dst=str(c6), gateway=nic_ip6, family=10)
         sysctl(ns, "net.ipv6.conf.nic0.accept_ra", "0")
         node = Node(self, i, ns, "nic0", nic_ip4, nic_ip6, mac, port, f"{TEST_PIN_BASE}/{ns}")
         self.nodes.append(node)
@@ -281,6 +359,9 @@ class Cluster:
             shutil.rmtree(node.pin_root, ignore_errors=True)
             shutil.rmtree(node.data_dir, ignore_errors=True)
             _remove_run_state(node.pin_root)
+        for path in (self.peers_file, self.peers_file + ".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         for ns in reversed(self.namespaces):
             try:
                 netns.remove(ns)
