@@ -1,5 +1,8 @@
 """`make demo` / `xdpcnictl demo`: the fast path, live, on a simulated 2-node cluster.
 
+Routes between the nodes come from the product's route controller: the demo writes a peers file
+(every node's name, NIC addresses and pod CIDRs) and each node syncs from it with `xdpcnictl
+routes --peers FILE`, as `xdpcnictl agent --peers FILE` does; no route is hand-written.
 Pods are created by the real CNI executable (as a runtime would); traffic is real sockets in
 real namespaces: from the wire host into every pod, pod to pod on one node, pod to pod across
 nodes, pod to the wire. The table then shows per-endpoint fast-path counters growing while each
@@ -67,10 +70,14 @@ def run_demo(mode: str = "tc", per_flow: int = PER_FLOW) -> int:
     t0 = time.monotonic()
     signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
     print(f"xdpcni demo: 2 simulated nodes, {PODS_PER_NODE} pods each, NIC mode {mode}\n", flush=True)
-    cluster = Cluster(2)
+    cluster = Cluster(2, routes=False)
     ok = False
     try:
         _say(f"cluster up: wire switch {cluster.wire}, nodes {', '.join(n.ns for n in cluster.nodes)}", t0)
+        peers = cluster.write_peers()
+        for name, res in cluster.sync_routes().items():
+            routes = ", ".join(f"{r['dst']} via {r['gateway']}" for r in res["added"] + res["kept"])
+            _say(f"{name}: routes from the peers file {os.path.basename(peers)} (proto 201): {routes}", t0)
         runtimes, pods = {}, {}
         for node in cluster.nodes:
             rt = runtimes[node.ns] = Runtime.single(node, mode)
