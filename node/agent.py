@@ -258,7 +258,10 @@ def serve(
     metrics_listen: str | None = None,
     peers_file: str | None = None,
     node_name: str | None = None,
+    services: list | None = None,
 ) -> int:
+    """Serve until SIGTERM. `services`: objects with start() and stop() run while the agent
+    serves, started once the socket is bound (node/k8s.py KubernetesMode)."""
     log = log or (lambda m: print(f"xdpcni-agent: {m}", flush=True))
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     if os.path.exists(path):
@@ -301,6 +304,10 @@ def serve(
         from .routes import start_file_source
 
         start_file_source(peers_file, node_name or socket.gethostname(), roots[0], stop_watch, log)
+    started = []
+    for svc in services or []:
+        svc.start()
+        started.append(svc)
     marker = start_liberal_marker(roots, log)
     httpd = None
     if metrics_listen:
@@ -322,6 +329,8 @@ def serve(
         pass
     finally:
         stop_watch.set()
+        for svc in started:
+            svc.stop()
         if marker is not None:
             marker.stop()
         if httpd is not None:

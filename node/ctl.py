@@ -11,6 +11,9 @@
   xdpcnictl metrics [--listen ADDR:PORT]           serve Prometheus metrics (default 127.0.0.1:9465)
   xdpcnictl agent [--socket PATH]                  serve CNI verbs warm (optional accelerator)
         [--peers FILE --node-name NAME]            ... and keep routes to the other nodes' pod CIDRs
+        [--kubernetes [--kubeconfig F] [--node-name NAME] [--cni-bin-dir D] [--cni-conf-dir D]]
+                                                   ... from the cluster's Nodes; installs the CNI when ready
+  xdpcnictl install-cni --pod-cidr CIDR [...]      write the CNI client and conflist into host dirs
   xdpcnictl routes [--peers FILE --node-name NAME]  our routes to other nodes; with --peers: sync once
   xdpcnictl demo                                   the one-command demo (simulated 2-node cluster)
 
@@ -477,13 +480,59 @@ def cmd_metrics(args) -> int:
 def cmd_agent(args) -> int:
     from .agent import serve
 
+    services = []
+    if args.kubernetes:
+        if args.peers:
+            raise ConfigError("--kubernetes and --peers are two sources of the same routes: choose one")
+        from .install import CniInstaller
+        from .k8s import KubernetesMode
+
+        log = lambda m: print(f"xdpcni-agent: {m}", flush=True)  # noqa: E731
+        installer = CniInstaller(
+            args.cni_bin_dir,
+            args.cni_conf_dir,
+            args.conflist_name,
+            root=_root(args),
+            config_path=args.config,
+            agent_socket=args.socket,
+            log=log,
+        )
+        services.append(
+            KubernetesMode(
+                _node_name(args),
+                _root(args),
+                kubeconfig=args.kubeconfig,
+                config_path=args.config,
+                install=installer,
+                agent_socket=args.socket,
+                log=log,
+            )
+        )
     return serve(
         args.socket,
         roots=[_root(args)],
         metrics_listen=args.metrics or None,
         peers_file=args.peers,
         node_name=args.node_name,
+        services=services,
     )
+
+
+def cmd_install_cni(args) -> int:
+    """Write the CNI client and a conflist for the given pod CIDRs (what the agent's Kubernetes
+    mode does once ready), without an agent or a cluster."""
+    from .install import CniInstaller
+
+    inst = CniInstaller(
+        args.cni_bin_dir,
+        args.cni_conf_dir,
+        args.conflist_name,
+        root=args.root,
+        config_path=args.config,
+        agent_socket=args.socket,
+    )
+    inst.install(args.pod_cidr, args.mtu)
+    return 0
 
 
 def _node_name(args) -> str:
@@ -542,6 +591,18 @@ def cmd_demo(args) -> int:
     from sim.demo import run_demo
 
     return run_demo(mode=args.mode or "tc")
+
+
+def _cni_dir_args(p) -> None:
+    from .install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, DEFAULT_CONFLIST
+
+    p.add_argument("--cni-bin-dir", default=DEFAULT_BIN_DIR, help="host CNI bin dir (default %(default)s)")
+    p.add_argument("--cni-conf-dir", default=DEFAULT_CONF_DIR, help="host CNI conf dir (default %(default)s)")
+    p.add_argument(
+        "--conflist-name",
+        default=DEFAULT_CONFLIST,
+        help="conflist file name; sorts first so containerd/CRI-O use it (default %(default)s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -649,9 +710,28 @@ def build_parser() -> argparse.ArgumentParser:
         "re-synced when the file changes",
     )
     ag.add_argument(
-        "--node-name", help="this node's name in the peers (default $NODE_NAME, else the host name)"
+        "--node-name",
+        help="this node's name in the peers or its Node's metadata.name (default $NODE_NAME, else the host name)",
     )
+    ag.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="Kubernetes mode: watch the cluster's Nodes, keep routes to their pod CIDRs, install the CNI "
+        "client and conflist from this Node's podCIDRs once ready, set NetworkUnavailable=False",
+    )
+    ag.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
+    _cni_dir_args(ag)
     ag.set_defaults(func=cmd_agent)
+    ic = sub.add_parser(
+        "install-cni", help="write the CNI client and a conflist for these pod CIDRs into host directories"
+    )
+    ic.add_argument(
+        "--pod-cidr", action="append", required=True, help="a pod CIDR, repeated in spec.podCIDRs order"
+    )
+    ic.add_argument("--mtu", type=int, default=1500, help="pod MTU (default %(default)s)")
+    ic.add_argument("--socket", default=DEFAULT_SOCKET, help="the agent's socket (default %(default)s)")
+    _cni_dir_args(ic)
+    ic.set_defaults(func=cmd_install_cni)
     rp = sub.add_parser(
         "routes", help="routes to the other nodes' pod CIDRs (proto 201); --peers FILE syncs them once"
     )

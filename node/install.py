@@ -168,6 +168,7 @@ def conflist(
     root: str | None = None,
     config_path: str | None = None,
     agent_socket: str | None = None,
+    nic: str | None = None,
     portmap: bool = False,
 ) -> dict:
     """The network config for this node: one range set per pod CIDR, in spec.podCIDRs order
@@ -178,6 +179,8 @@ def conflist(
     if not pod_cidrs:
         raise ValueError("no pod CIDRs: the conflist needs the Node's spec.podCIDRs")
     plugin: dict = {"type": PLUGIN, "mtu": int(mtu)}
+    if nic:  # the NIC the agent loaded the datapath on (overrides a node config's `nic: auto`)
+        plugin["nic"] = nic
     if config_path:
         plugin["nodeConfig"] = config_path
     if root and root != DEFAULT_ROOT:
@@ -234,7 +237,7 @@ class CniInstaller:
     def conflist_path(self) -> str:
         return os.path.join(self.conf_dir, self.conflist_name)
 
-    def install(self, pod_cidrs: list[str], mtu: int) -> bool:
+    def install(self, pod_cidrs: list[str], mtu: int, nic: str | None = None) -> bool:
         """Executable, then conflist. Returns True when anything was (re)written."""
         os.makedirs(self.bin_dir, exist_ok=True)
         os.makedirs(self.conf_dir, exist_ok=True)
@@ -247,6 +250,7 @@ class CniInstaller:
             root=self.root,
             config_path=self.config_path,
             agent_socket=self.agent_socket,
+            nic=nic,
             portmap=os.access(os.path.join(self.bin_dir, "portmap"), os.X_OK),
         )
         if write_atomic(self.conflist_path, (json.dumps(conf, indent=2) + "\n").encode(), 0o644):

@@ -162,6 +162,13 @@ def _status_code(exc: BaseException) -> int | None:
     return getattr(exc, "status", None)
 
 
+def _brief(exc: BaseException) -> str:
+    """One line for the log: the HTTP status and reason of an API error, else type and text."""
+    if _status_code(exc) and getattr(exc, "reason", None):
+        return f"HTTP {exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+
+
 class NodeInformer:
     """List once, then watch; a cache {name: NodeView}. `on_change()` is called (from this
     thread) after a list and after each event that changed a view."""
@@ -288,19 +295,18 @@ class NodeInformer:
                 rv = self._watch(rv)
                 if time.monotonic() - started > 1:
                     delay = self.backoff[0]
-            except Gone as exc:
-                if self.stopping.is_set():
-                    break
-                self.log(f"nodes: {exc}: relisting")
-                rv, list_rv = None, None  # a consistent read: the cache may be too old
-                self.stopping.wait(min(delay, 1.0))
-                delay = min(delay * 2, self.backoff[1])
             except Exception as exc:
                 if self.stopping.is_set():
                     break
-                self.log(f"nodes: {type(exc).__name__}: {str(exc)[:300]}: relisting in {delay:.1f}s")
-                rv, list_rv = None, "0"
-                self.stopping.wait(delay)
+                if not isinstance(exc, Gone) and _status_code(exc) != 410:
+                    self.log(f"nodes: {_brief(exc)}: relisting in {delay:.1f}s")
+                    rv, list_rv = None, "0"
+                    self.stopping.wait(delay)
+                    delay = min(delay * 2, self.backoff[1])
+                    continue
+                self.log(f"nodes: {exc if isinstance(exc, Gone) else _brief(exc)}: relisting")
+                rv, list_rv = None, None  # a consistent read: the cache may be too old
+                self.stopping.wait(min(delay, 1.0))
                 delay = min(delay * 2, self.backoff[1])
 
     def stop(self) -> None:
@@ -552,20 +558,28 @@ class KubernetesMode:
             self.log(f"kubernetes: pod MTU {mtu} from {where}{clamp}")
             self.pod_mtu = mtu
         if self.install is not None:
-            self.install.install(list(own.peer.pod_cidrs), mtu)
+            self.install.install(list(own.peer.pod_cidrs), mtu, nic=nic)
         if not self.ready.is_set():
             self.log(f"kubernetes: ready: podCIDRs {', '.join(own.peer.pod_cidrs)}, {res.summary()}")
             self.ready.set()
         self._set_condition(own, len(res.routes))
 
     def _nic(self, own: NodeView) -> str | None:
-        from datapath.config import ConfigError, resolve
+        """The node config's `nic`, unless it is `auto` or there is no node config: then the
+        interface holding this Node's InternalIP (NIC names differ between nodes; one ConfigMap
+        serves them all)."""
+        from datapath.config import DEFAULT_CONFIG_PATH, ConfigError, NodeConfig
 
-        try:
-            cfg = resolve(self.config_path)
-        except ConfigError:
-            cfg = None
-        return (cfg.nic if cfg else None) or nic_holding(list(own.peer.addresses), self.netns)
+        path = self.config_path or (DEFAULT_CONFIG_PATH if os.path.exists(DEFAULT_CONFIG_PATH) else None)
+        nic = None
+        if path:
+            try:
+                nic = NodeConfig.from_yaml(path).nic
+            except ConfigError as exc:
+                self._once(f"kubernetes: node config: {exc}")
+        if nic and nic != "auto":
+            return nic
+        return nic_holding(list(own.peer.addresses), self.netns)
 
     def _datapath_ready(self, own: NodeView) -> bool:
         from datapath.pins import PinLayout
@@ -622,4 +636,4 @@ class KubernetesMode:
             self.condition_set.set()
             self.log(f"kubernetes: node {self.node_name}: {CONDITION_TYPE}=False ({CONDITION_REASON})")
         except Exception as exc:
-            self._once(f"kubernetes: patching nodes/{self.node_name}/status failed: {str(exc)[:200]}")
+            self._once(f"kubernetes: patching nodes/{self.node_name}/status failed: {_brief(exc)}")

@@ -15,7 +15,7 @@ What it speaks (shapes as in Kubernetes 1.30, https://kubernetes.io/docs/referen
        conditions merged by `type`, as the Node's patch strategy says) or
        application/merge-patch+json (RFC 7386: lists replaced); anything else 415.
 Every request needs `Authorization: Bearer <token>` (401 otherwise) and is logged in `requests`
-as (method, path, query dict, content type). Each resourceVersion is a global counter, as etcd's.
+as (method, path, query dict, content type, listener port). Each resourceVersion is a global counter, as etcd's.
 
 Listeners bind 127.0.0.1 only, on an ephemeral port, optionally inside a network namespace (the
 socket is created there), so an agent running in a simulated node reaches it on its own loopback.
@@ -138,7 +138,8 @@ class FakeApiServer:
         self.nodes: dict[str, dict] = {}
         self.events: list[tuple[int, str, dict]] = []  # (rv, type, object)
         self.compacted_rv = self.rv  # watches from an RV below this are too old
-        self.requests: list[tuple[str, str, dict, str]] = []
+        self.requests: list[tuple[str, str, dict, str, int]] = []
+        self.paused = False  # pause(): open watches deliver nothing (a partition), changes pile up
         self.cond = threading.Condition()
         self.generation = 0  # bumped by break_watches(): live watch streams end abruptly
         self.endings = 0  # bumped by end_watches(): live watch streams end as at timeoutSeconds
@@ -187,6 +188,13 @@ class FakeApiServer:
             self.events.clear()
             self.compacted_rv = self.rv + 1
 
+    def pause(self, paused: bool = True) -> None:
+        """While paused, open watch streams send nothing (events, bookmarks): the clients miss
+        every change made meanwhile unless they relist."""
+        with self.cond:
+            self.paused = paused
+            self.cond.notify_all()
+
     def expire(self) -> None:
         """Every resourceVersion up to now becomes too old to watch from (etcd compaction, or an
         API server restart with a fresh watch cache): the next watch gets 410 Gone."""
@@ -207,9 +215,13 @@ class FakeApiServer:
             self.generation += 1
             self.cond.notify_all()
 
-    def log(self, method: str | None = None, watch: bool | None = None) -> list[tuple[str, str, dict, str]]:
+    def log(
+        self, method: str | None = None, watch: bool | None = None, port: int | None = None
+    ) -> list[tuple[str, str, dict, str, int]]:
         with self.cond:
             out = list(self.requests)
+        if port is not None:
+            out = [r for r in out if r[4] == port]
         if method:
             out = [r for r in out if r[0] == method]
         if watch is not None:
@@ -288,7 +300,15 @@ def _handler(api: FakeApiServer):
             url = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             with api.cond:
-                api.requests.append((self.command, url.path, query, self.headers.get("Content-Type", "")))
+                api.requests.append(
+                    (
+                        self.command,
+                        url.path,
+                        query,
+                        self.headers.get("Content-Type", ""),
+                        self.server.server_address[1],
+                    )
+                )
             if self.headers.get("Authorization") != f"Bearer {api.token}":
                 self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
                 return None
@@ -399,25 +419,31 @@ def _handler(api: FakeApiServer):
                 next_bookmark = time.monotonic() + api.bookmark_interval
                 while True:
                     with api.cond:
-                        while (
-                            api.generation == gen
-                            and api.endings == ending
-                            and not any(rv > sent for rv, _, _ in api.events[-1:])
-                            and time.monotonic() < min(deadline, next_bookmark if bookmarks else deadline)
-                        ):
+                        while api.generation == gen and api.endings == ending:
+                            if not api.paused:
+                                now = time.monotonic()
+                                if api.events and api.events[-1][0] > sent:
+                                    break
+                                if now >= deadline or (bookmarks and now >= next_bookmark):
+                                    break
                             api.cond.wait(0.05)
                         if api.generation != gen:
                             self.close_connection = True
                             with contextlib.suppress(OSError):
                                 self.connection.shutdown(socket.SHUT_RDWR)
                             return
-                        pending = [(rv, t, copy.deepcopy(o)) for rv, t, o in api.events if rv > sent]
+                        ended = api.endings != ending
+                        pending = (
+                            []
+                            if ended
+                            else [(rv, t, copy.deepcopy(o)) for rv, t, o in api.events if rv > sent]
+                        )
                         current = api.rv
                     for rv, etype, obj in pending:
                         self._chunk(json.dumps({"type": etype, "object": obj}).encode() + b"\n")
                         sent = rv
                     now = time.monotonic()
-                    if now >= deadline or api.endings != ending:
+                    if ended or now >= deadline:
                         self._chunk(b"")  # the API server ends a watch at timeoutSeconds
                         return
                     if bookmarks and now >= next_bookmark:
