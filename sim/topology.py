@@ -144,6 +144,7 @@ class Node:
 
     def routes_cmd(self, peers_file: str | None = None) -> list[str]:
         """The command that syncs this node's routes to the other nodes from the peers file."""
+        self.cluster.route_roots.add(self.pin_root)  # its record in /run goes at teardown
         return [
             "nsenter",
             f"--net=/var/run/netns/{self.ns}",
@@ -236,6 +237,7 @@ class Cluster:
         self.namespaces: list[str] = []
         self.nodes: list[Node] = []
         self.peers_file = f"{TEST_DATA_BASE}/{self.prefix}-peers.yaml"
+        self.route_roots: set[str] = set()  # pin roots the route syncs recorded their status under
         try:
             self._make_wire()
             for i in range(n_nodes):
@@ -359,6 +361,8 @@ class Cluster:
             shutil.rmtree(node.pin_root, ignore_errors=True)
             shutil.rmtree(node.data_dir, ignore_errors=True)
             _remove_run_state(node.pin_root)
+        for root in self.route_roots:  # a caller may have moved a node's pin root since
+            _remove_run_state(root)
         for path in (self.peers_file, self.peers_file + ".tmp"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
