@@ -9,8 +9,8 @@ routing table is the record, so a restarted agent resumes where the last one sto
 
 Rules:
 - Ownership by protocol. Every route this module creates carries the rtnetlink protocol
-  RTPROT_XDPCNI (rtm_protocol, `proto 201` in `ip route`; unused in iproute2's rt_protos and by
-  Cilium, Calico, flannel, bird and the routing daemons there). Only routes of the main table with
+  RTPROT_XDPCNI (rtm_protocol, `proto 201` in `ip route`; not assigned in iproute2's rt_protos,
+  which names the routing daemons' numbers). Only routes of the main table with
   that protocol are ever changed or deleted; a route of any other protocol, to any prefix, is left
   alone, and when one already holds a peer's exact pod CIDR the peer's route is skipped and the
   conflict reported instead of overwritten.
