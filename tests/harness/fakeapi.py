@@ -126,6 +126,15 @@ def strategic_merge_patch(target, patch, path: tuple = ()):
     return out
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A client that hangs up (an agent stopped mid-watch) is no error worth a traceback."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class FakeApiServer:
     """Cluster state (Nodes), the event history watches replay from, and HTTP listeners."""
 
@@ -234,7 +243,7 @@ class FakeApiServer:
         """A listener on 127.0.0.1 (in `netns` when given): its port."""
         with entered(netns):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        srv = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self), bind_and_activate=False)
+        srv = _Server(("127.0.0.1", 0), _handler(self), bind_and_activate=False)
         srv.socket.close()
         srv.socket = sock
         srv.daemon_threads = True
