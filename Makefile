@@ -5,7 +5,7 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup lint test test-unit demo bench install uninstall clean-test-state fmt help
+.PHONY: setup lint test test-unit demo bench bench-tcp install uninstall clean-test-state fmt help
 
 help:
 	@echo "make setup   install everything (idempotent: apt, kernel headers link, venv, bpffs)"
@@ -13,6 +13,7 @@ help:
 	@echo "make test    setup + lint + unit, kernel and end-to-end tests"
 	@echo "make demo    setup + 2-node simulated cluster demo (fast path vs host counters)"
 	@echo "make bench   setup + side-by-side benchmarks (writes bench/results.json, docs/bench.png)"
+	@echo "make bench-tcp  setup + TCP_STREAM/RR/CRR path matrix vs ptp and bridge (~9 min; key 'tcp' of bench/results.json, docs/bench-tcp.png)"
 	@echo "make install setup + install the CNI binary and config on this node (/opt/cni/bin, /etc/cni/net.d)"
 
 setup:
@@ -36,6 +37,9 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench.run
+
+bench-tcp: setup
+	$(PY) -m bench.tcp
 
 install: setup
 	bash scripts/install.sh

@@ -1,0 +1,624 @@
+"""The TCP benchmarks users compare CNIs by: `python -m bench.tcp [--quick] [--out] [--plot]` (root).
+
+TCP_STREAM (iperf3, one stream, 1 and 2 CPUs), TCP_RR (sockperf TCP ping-pong) and TCP_CRR (wrk,
+`Connection: close`: a new connection per request) over the paths of a cluster: pod <-> pod on one
+node, pod <-> pod across nodes, pod -> its node, wire host -> pod, pod -> Service ClusterIP with the
+backend on the same node and on the other node. Four clusters side by side in one run, the runs
+interleaved so each row's figures come from the same minutes:
+  tc      xdpcni, mode tc, netfilter: respect (conntrack gate on)
+  xdp     xdpcni, mode xdp, netfilter: respect
+  ptp     Debian's containernetworking-plugins `ptp` + host-local (the reference for every ratio)
+  bridge  Debian's `bridge` + host-local (cni0, isGateway, bridge-nf-call-iptables=1 as kube-proxy needs)
+Every cluster is the project's netns simulator (sim/topology.Cluster(2): a wire namespace with the
+switch and the wire host, two node namespaces). Every node carries the kube-proxy-like ruleset of
+bench/realnode.py (nat KUBE-SERVICES with 1000 non-matching ClusterIP rules, filter FORWARD with
+`ct state invalid drop`, nf_conntrack_tcp_be_liberal=1) plus the two Services measured here, so
+conntrack tracks every flow the kernel sees, as on a Kubernetes node.
+
+CPU: /proc/stat busy time of the CPUs in use over the client's run. "Node side" per GB is that minus
+the same run's figure for the matching host-network path in the ptp cluster (wire host -> node for
+wire host -> pod, pod -> node for same-node rows, node -> node for cross-node rows): what forwarding
+past the node's own sockets costs (docs/bench.md "TCP matrix"). TCP_RR and TCP_CRR run their client
+and server SCHED_FIFO (chrt -f 10): on this shared 2-vCPU VM other processes' time slices otherwise
+put 2-4 ms into every p99.
+
+Safety as bench/run.py: namespaces only (prefix "xb" + 6 hex digits per cluster), the machine-wide
+heavy lock, an alarm, and cleanup in finally blocks also on SIGTERM/SIGINT/the alarm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+
+from pyroute2 import netns
+
+from sim import processes
+from sim.cni_runtime import invoke
+from sim.topology import Cluster, Pod, run_in, sysctl
+
+from . import tcp_parse
+from .realnode import kube_proxy_ruleset
+from .sysmon import cpu_delta, cpu_sample, forwarded
+from .topo import BENCH_PIN_BASE, bench_prefix
+
+KINDS = ("tc", "xdp", "ptp", "bridge")
+REFERENCE = "ptp"
+IPERF_PORT, RR_PORT, CRR_PORT = 5201, 11111, 8080
+CLIENT_CPU, SERVER_CPU = 0, 1
+SERVICE_VIPS = {"svc-same": "10.96.250.1", "svc-cross": "10.96.250.2"}  # -> pod b (node 0), pod c (node 1)
+# (key, label, client, server): client "wire" or a pod name; server a pod name, "node0" or a Service.
+PATHS = (
+    ("pod-pod-same", "pod -> pod, same node", "a", "b"),
+    ("pod-pod-cross", "pod -> pod, other node", "a", "c"),
+    ("pod-node", "pod -> its node", "a", "node0"),
+    ("wire-pod", "wire host -> pod", "wire", "b"),
+    ("svc-same", "pod -> ClusterIP, backend same node", "a", "svc-same"),
+    ("svc-cross", "pod -> ClusterIP, backend other node", "a", "svc-cross"),
+)
+# Host-network paths, TCP_STREAM in the ptp cluster only: the node-side baselines (bench/tcp_report.py).
+BASELINE_PATHS = (
+    ("wire-node", "wire host -> node (host network)", "wire", "node0"),
+    ("node-node", "node -> other node (host network)", "node0", "node1"),
+)
+SERVICE_BACKEND = {"svc-same": "b", "svc-cross": "c"}
+
+
+@dataclass
+class Params:
+    quick: bool
+    reps: int
+    stream_s: float
+    rr_s: float
+    crr_s: float
+    crr_conns: int = 1
+    profile_s: float = 2.0
+    budget_s: int = 590
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))
+
+    @classmethod
+    def full(cls) -> Params:
+        return cls(quick=False, reps=2, stream_s=2.0, rr_s=2.0, crr_s=2.0)
+
+    @classmethod
+    def quick_run(cls) -> Params:
+        return cls(quick=True, reps=1, stream_s=1.0, rr_s=1.0, crr_s=1.0, profile_s=1.0, budget_s=300)
+
+
+RT_PRIO = "10"  # SCHED_FIFO priority of the TCP_RR client and server (see rr())
+
+
+def _spawn(ns: str, cpu: int, *cmd: str) -> subprocess.Popen:
+    """A server in namespace `ns` (network only, so pins stay visible), pinned to `cpu`. nsenter and
+    taskset exec, so the PID is the server's own (re-pinned later with sched_setaffinity)."""
+    return subprocess.Popen(
+        ["nsenter", f"--net=/var/run/netns/{ns}", "taskset", "-c", str(cpu), *cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+class Servers:
+    """iperf3, sockperf (TCP) and the CRR HTTP responder on one host, for the whole run."""
+
+    def __init__(self, ns: str, addr: str, log):
+        self.ns, self.addr = ns, addr
+        self.procs = {
+            "iperf3": _spawn(ns, SERVER_CPU, "iperf3", "-s", "-p", str(IPERF_PORT), "-B", addr),
+            "sockperf": _spawn(
+                ns,
+                SERVER_CPU,
+                "chrt",
+                "-f",
+                RT_PRIO,
+                "sockperf",
+                "server",
+                "--tcp",
+                "-i",
+                addr,
+                "-p",
+                str(RR_PORT),
+            ),
+            "httpd": _spawn(
+                ns,
+                SERVER_CPU,
+                "chrt",
+                "-f",
+                RT_PRIO,
+                sys.executable,
+                "-m",
+                "bench.tcp_httpd",
+                addr,
+                str(CRR_PORT),
+            ),
+        }
+
+    def check(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} server in {self.ns} exited: {p.stderr.read()[-400:]}")
+
+    def pin(self, name: str, cpu: int) -> None:
+        os.sched_setaffinity(self.procs[name].pid, {cpu})
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            processes.stop(p, grace=3)
+
+
+class TcpCluster:
+    """One CNI's 2-node cluster: pods a, b on node 0, c on node 1; Services; servers on b, c, node 0."""
+
+    def __init__(self, kind: str, log):
+        self.kind, self.log = kind, log
+        self.cluster = Cluster(2, prefix=bench_prefix())
+        self.servers: dict[str, Servers] = {}
+        self.pods: dict[str, Pod] = {}
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        t0 = time.monotonic()
+        for node in self.cluster.nodes:
+            node.pin_root = f"{BENCH_PIN_BASE}/{node.ns}"
+            if self.kind in ("tc", "xdp"):
+                node.load(self.kind, netfilter="respect")
+        for name, node_i in (("a", 0), ("b", 0), ("c", 1)):
+            node = self.cluster.nodes[node_i]
+            self.pods[name] = node.add_pod(name) if self.kind in ("tc", "xdp") else self._cni_pod(node, name)
+        b, c = self.pods["b"].ip4, self.pods["c"].ip4
+        for node in self.cluster.nodes:
+            # kube-proxy's rules on every node; the measured Services after the 1000 others (the walk
+            # a new flow pays), each VIP DNATed to one backend, as a one-endpoint Service.
+            mine = "".join(
+                f"    ip daddr {vip} tcp dport {{ {IPERF_PORT}, {RR_PORT}, {CRR_PORT} }} counter dnat to {ip}\n"
+                for vip, ip in ((SERVICE_VIPS["svc-same"], b), (SERVICE_VIPS["svc-cross"], c))
+            )
+            ruleset = kube_proxy_ruleset().replace(
+                "    fib daddr type local", mine + "    fib daddr type local", 1
+            )
+            run_in(node.ns, "nft", "-f", "-", input=ruleset, timeout=60)
+            sysctl(node.ns, "net.netfilter.nf_conntrack_tcp_be_liberal", "1")
+        node0 = self.cluster.nodes[0]
+        self.servers = {
+            "b": Servers(self.pods["b"].ns, b, self.log),
+            "c": Servers(self.pods["c"].ns, c, self.log),
+            "node0": Servers(node0.ns, node0.nic_ip4, self.log),
+            "node1": Servers(self.cluster.nodes[1].ns, self.cluster.nodes[1].nic_ip4, self.log),
+        }
+        self.setup_s = round(time.monotonic() - t0, 1)
+
+    def _cni_pod(self, node, name: str) -> Pod:
+        """A pod made by Debian's ptp or bridge plugin, called as a runtime calls it."""
+        ns = f"{node.ns}-{name}"
+        self.cluster.namespaces.append(ns)
+        netns.create(ns)
+        ipam = {
+            "type": "host-local",
+            "ranges": [
+                [
+                    {
+                        "subnet": str(node.cidr4),
+                        "rangeStart": str(node.cidr4[100]),
+                        "rangeEnd": str(node.cidr4[200]),
+                    }
+                ]
+            ],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": os.path.join(node.data_dir, "host-local"),
+        }
+        conf = {
+            "cniVersion": "1.0.0",
+            "name": f"bench-{self.kind}",
+            "type": self.kind,
+            "ipMasq": False,
+            "ipam": ipam,
+        }
+        if self.kind == "bridge":
+            conf.update(bridge="cni0", isGateway=True, hairpinMode=True)
+            # kube-proxy needs bridged traffic to see iptables (same-node Service replies are bridged).
+            sysctl(node.ns, "net.bridge.bridge-nf-call-iptables", "1")
+        inv = invoke(
+            node.ns, self.kind, "ADD", conf, container_id=f"tcp-{name}", netns_path=f"/var/run/netns/{ns}"
+        )
+        if not inv.ok:
+            raise RuntimeError(f"{self.kind} ADD {name}: rc {inv.rc} {inv.stdout[-400:]} {inv.stderr[-400:]}")
+        ips = [ip["address"].split("/")[0] for ip in inv.out["ips"]]
+        pod = Pod(name, ns, node, ips)
+        node.pods.append(pod)
+        return pod
+
+    def endpoints(self, path: tuple) -> tuple[str, str, Servers]:
+        """(client namespace, server address, server host) of a path."""
+        _, _, client, server = path
+        if client == "wire":
+            cns = self.cluster.wire
+        elif client.startswith("node"):
+            cns = self.cluster.nodes[int(client[4:])].ns
+        else:
+            cns = self.pods[client].ns
+        if server in SERVICE_VIPS:
+            return cns, SERVICE_VIPS[server], self.servers[SERVICE_BACKEND[server]]
+        host = self.servers[server]
+        return cns, host.addr, host
+
+    def forwarded(self) -> list[int]:
+        return [forwarded(n.ns) for n in self.cluster.nodes]
+
+    def flush_conntrack(self) -> None:
+        for n in self.cluster.nodes:
+            run_in(n.ns, "conntrack", "-F", check=False, timeout=30)
+
+    def gate_on(self) -> bool | None:
+        if self.kind not in ("tc", "xdp"):
+            return None
+        from datapath import netfilter
+
+        return all(netfilter.gate(n.pin_root) for n in self.cluster.nodes)
+
+    def close(self) -> None:
+        for s in self.servers.values():
+            s.stop()
+        self.servers = {}
+        self.cluster.teardown()
+        prefix = f"{self.cluster.prefix}-"
+        for name in [n for n in os.listdir("/var/run/netns") if n.startswith(prefix)]:
+            try:
+                netns.remove(name)
+            except OSError:
+                pass
+        try:
+            os.rmdir(BENCH_PIN_BASE)
+        except OSError:
+            pass
+
+
+# -- one measurement each ------------------------------------------------------------------------------
+def _client(ns: str, *cmd: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["nsenter", f"--net=/var/run/netns/{ns}", "taskset", "-c", str(CLIENT_CPU), *cmd],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _busy(cpus: set[int], d: dict) -> tuple[float, float]:
+    return round(sum(d["busy_s"][c] for c in cpus), 3), round(sum(d["steal_s"][c] for c in cpus), 3)
+
+
+def stream(cns: str, addr: str, srv: Servers, cpus: int, seconds: float) -> dict:
+    """TCP_STREAM: one iperf3 stream client -> server. cpus=1: both on CPU 0 (all the work on one CPU,
+    CPU-s/GB = CPU 0's busy time); cpus=2: client CPU 0, server CPU 1 (both CPUs counted)."""
+    srv.pin("iperf3", CLIENT_CPU if cpus == 1 else SERVER_CPU)
+    used = {CLIENT_CPU} if cpus == 1 else {CLIENT_CPU, SERVER_CPU}
+    c0 = cpu_sample()
+    proc = _client(
+        cns, "iperf3", "-c", addr, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J", timeout=seconds + 30
+    )
+    c1 = cpu_sample()
+    try:
+        r = tcp_parse.iperf3(proc.stdout)
+    except ValueError as exc:
+        raise RuntimeError(f"iperf3 rc {proc.returncode}: {proc.stdout[-300:]} {proc.stderr[-300:]}") from exc
+    busy, steal = _busy(used, cpu_delta(c0, c1))
+    r.update(cpus=cpus, cpu_busy_s=busy, steal_s=steal, cpu_s_per_gb=tcp_parse.per_gb(busy, r["bytes"]))
+    return r
+
+
+def rr(cns: str, addr: str, srv: Servers, seconds: float) -> dict:
+    """TCP_RR: sockperf ping-pong over one TCP connection, 64-byte messages, full round trips,
+    blocking sockets; client CPU 0, server CPU 1."""
+    srv.pin("sockperf", SERVER_CPU)
+    c0 = cpu_sample()
+    proc = _client(
+        cns, "chrt", "-f", RT_PRIO, "sockperf", "ping-pong", "--tcp", "-i", addr, "-p", str(RR_PORT), "-t", str(int(max(1, seconds))),
+        "-m", "64", "--full-rtt", timeout=seconds + 30,
+    )  # fmt: skip
+    c1 = cpu_sample()
+    r = tcp_parse.sockperf(proc.stdout + proc.stderr)
+    busy, steal = _busy({CLIENT_CPU, SERVER_CPU}, cpu_delta(c0, c1))
+    total = r["tx_s"] * (c1.t - c0.t) if r["tx_s"] else 0  # round trips over the whole client life
+    r.update(cpu_busy_s=busy, steal_s=steal, cpu_us_per_tx=tcp_parse.per_tx_us(busy, total))
+    return r
+
+
+def crr(cns: str, addr: str, srv: Servers, seconds: float, conns: int) -> dict:
+    """TCP_CRR: wrk, one thread, `conns` connections, `Connection: close` (connect, request, response,
+    close per transaction); client CPU 0, the responder CPU 1."""
+    srv.pin("httpd", SERVER_CPU)
+    c0 = cpu_sample()
+    proc = _client(
+        cns, "chrt", "-f", RT_PRIO, "wrk", "-t1", f"-c{conns}", f"-d{seconds:g}s", "-H", "Connection: close", "--latency",
+        f"http://{addr}:{CRR_PORT}/", timeout=seconds + 30,
+    )  # fmt: skip
+    c1 = cpu_sample()
+    r = tcp_parse.wrk(proc.stdout + proc.stderr)
+    busy, steal = _busy({CLIENT_CPU, SERVER_CPU}, cpu_delta(c0, c1))
+    r.update(
+        conns=conns, cpu_busy_s=busy, steal_s=steal, cpu_us_per_tx=tcp_parse.per_tx_us(busy, r["requests"])
+    )
+    return r
+
+
+def measure(tcl: TcpCluster, path: tuple, test: str, p: Params) -> dict:
+    cns, addr, srv = tcl.endpoints(path)
+    f0 = tcl.forwarded()
+    if test == "stream1":
+        r = stream(cns, addr, srv, 1, p.stream_s)
+    elif test == "stream2":
+        r = stream(cns, addr, srv, 2, p.stream_s)
+    elif test == "rr":
+        r = rr(cns, addr, srv, p.rr_s)
+    else:
+        r = crr(cns, addr, srv, p.crr_s, p.crr_conns)
+        tcl.flush_conntrack()  # thousands of TIME_WAIT entries per run
+    r["kernel_forwarded"] = [b - a for a, b in zip(f0, tcl.forwarded())]
+    return r
+
+
+TESTS = ("stream1", "stream2", "rr", "crr")
+
+
+def _summary(test: str, r: dict) -> str:
+    if test.startswith("stream"):
+        return f"{r['gbit_s']:6.2f} Gbit/s {r['cpu_s_per_gb']:.3f} CPU-s/GB fwd {r['kernel_forwarded']}"
+    if test == "rr":
+        return f"{r['tx_s']:8.0f} tx/s p50 {r['p50_us']:.1f} p99 {r['p99_us']:.1f} us fwd {r['kernel_forwarded']}"
+    return f"{r['tx_s']:8.0f} tx/s {r['cpu_us_per_tx']} CPU-us/tx errors {r['socket_errors']} fwd {r['kernel_forwarded']}"
+
+
+# -- profile: where the time goes on the fast path -------------------------------------------------
+def profile(clusters: dict[str, TcpCluster], p: Params, log) -> dict:
+    """bpf_stats (run_time_ns/run_cnt) of the node programs over one wire -> pod TCP_STREAM (1 CPU) per
+    xdpcni mode, and `perf record -a` over the same run for tc and ptp (top kernel symbols)."""
+    from datapath import libbpf
+    from datapath.loader import open_program
+
+    from .progcost import prog_stats, stats_per_run
+
+    path = next(x for x in PATHS if x[0] == "wire-pod")
+    out: dict = {"path": path[1], "test": "TCP_STREAM, 1 CPU", "bpf_stats": {}, "perf": {}}
+    for kind in ("tc", "xdp"):
+        tcl = clusters.get(kind)
+        if not tcl:
+            continue
+        root = tcl.cluster.nodes[0].pin_root
+        fds = {n: open_program(root, n) for n in ("xdp_nic", "tc_nic", "tc_pod", "xdp_pod")}
+        stats_fd = libbpf.enable_stats()
+        try:
+            before = prog_stats(fds)
+            cns, addr, srv = tcl.endpoints(path)
+            r = stream(cns, addr, srv, 1, p.profile_s)
+            st = {k: v for k, v in stats_per_run(before, prog_stats(fds)).items() if v["runs"]}
+        finally:
+            os.close(stats_fd)
+            for fd in fds.values():
+                os.close(fd)
+        prog_s = sum(v["run_time_ns"] for v in st.values()) / 1e9
+        out["bpf_stats"][kind] = {
+            "programs": st,
+            "gbit_s": r["gbit_s"],
+            "cpu_s_per_gb": r["cpu_s_per_gb"],
+            "program_cpu_s_per_gb": tcp_parse.per_gb(prog_s, r["bytes"]),
+        }
+        log(f"  bpf_stats {kind}: {st}; programs {out['bpf_stats'][kind]['program_cpu_s_per_gb']} CPU-s/GB")
+    if not _have("perf"):
+        out["perf"] = {"skipped": "perf not installed"}
+        return out
+    for kind in ("ptp", "tc"):
+        tcl = clusters.get(kind)
+        if not tcl:
+            continue
+        data = f"/tmp/xdpcni-bench-perf-{os.getpid()}-{kind}.data"
+        rec = subprocess.Popen(
+            [
+                "perf",
+                "record",
+                "-a",
+                "-C",
+                str(CLIENT_CPU),
+                "-F",
+                "999",
+                "-o",
+                data,
+                "--",
+                "sleep",
+                f"{p.profile_s + 0.5:g}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            cns, addr, srv = tcl.endpoints(path)
+            stream(cns, addr, srv, 1, p.profile_s)
+            rec.wait(p.profile_s + 20)
+            rep = subprocess.run(
+                [
+                    "perf",
+                    "report",
+                    "-i",
+                    data,
+                    "--stdio",
+                    "--no-children",
+                    "--sort",
+                    "sym",
+                    "--percent-limit",
+                    "1.5",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            ).stdout
+            out["perf"][kind] = [
+                ln.strip() for ln in rep.splitlines() if ln.strip() and not ln.startswith("#")
+            ][:25]
+        finally:
+            processes.stop(rec, grace=5)
+            for f in (data, data + ".old"):
+                try:
+                    os.unlink(f)
+                except FileNotFoundError:
+                    pass
+        log(f"  perf {kind}: " + " | ".join(out["perf"][kind][:6]))
+    return out
+
+
+def _have(tool: str) -> bool:
+    from shutil import which
+
+    return which(tool) is not None
+
+
+# -- the run -------------------------------------------------------------------------------------------
+def run(p: Params, log) -> dict:
+    res: dict = {"runs": [], "errors": [], "clusters": {}}
+    clusters: dict[str, TcpCluster] = {}
+    try:
+        for kind in p.kinds:
+            log(f"[{time.strftime('%H:%M:%S')}] cluster: {kind}")
+            tcl = clusters[kind] = TcpCluster(kind, log)
+            res["clusters"][kind] = {
+                "prefix": tcl.cluster.prefix,
+                "pods": {n: pod.ip4 for n, pod in tcl.pods.items()},
+                "setup_s": tcl.setup_s,
+                "conntrack_gate_on": tcl.gate_on(),
+            }
+            log(
+                f"  pods {res['clusters'][kind]['pods']} gate {res['clusters'][kind]['conntrack_gate_on']}, {tcl.setup_s} s"
+            )
+        time.sleep(0.5)
+        for tcl in clusters.values():
+            for s in tcl.servers.values():
+                s.check()
+        for rep in range(p.reps):
+            log(f"[{time.strftime('%H:%M:%S')}] repetition {rep + 1}/{p.reps}")
+            plan = [(path, test, kind) for path in PATHS for test in TESTS for kind in clusters]
+            if REFERENCE in clusters:
+                plan += [
+                    (path, test, REFERENCE) for path in BASELINE_PATHS for test in ("stream1", "stream2")
+                ]
+            for path, test, kind in plan:
+                tcl = clusters[kind]
+                try:
+                    r = measure(tcl, path, test, p)
+                except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                    res["errors"].append(
+                        {"kind": kind, "path": path[0], "test": test, "rep": rep, "error": str(exc)[-600:]}
+                    )
+                    log(f"  {path[0]:13} {test:7} {kind:6} FAILED: {str(exc)[-200:]}")
+                    continue
+                r.update(kind=kind, path=path[0], test=test, rep=rep)
+                res["runs"].append(r)
+                log(f"  {path[0]:13} {test:7} {kind:6} {_summary(test, r)}")
+        log(f"[{time.strftime('%H:%M:%S')}] profile")
+        try:
+            res["profile"] = profile(clusters, p, log)
+        except Exception as exc:  # the matrix must not be lost for a profile
+            res["profile"] = {
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()[-1500:],
+            }
+            log(f"  profile FAILED: {exc}")
+    finally:
+        for tcl in clusters.values():
+            try:
+                tcl.close()
+            except Exception as exc:
+                log(f"cleanup {tcl.kind}: {exc}")
+    return res
+
+
+def save(path: str, tcp: dict) -> None:
+    """Read-modify-write: only the "tcp" key changes; `make bench`'s keys stay as they are."""
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+    except (FileNotFoundError, ValueError):
+        doc = {}
+    doc["tcp"] = tcp
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    from .run import REPO, Aborted, _git_commit, _on_signal, heavy_lock, machine
+    from .tcp_report import build, plot, table
+
+    ap = argparse.ArgumentParser(prog="python -m bench.tcp", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short smoke run (about 2 minutes)")
+    ap.add_argument(
+        "--out", default=str(REPO / "bench" / "results.json"), help="results JSON (key 'tcp' is replaced)"
+    )
+    ap.add_argument("--plot", default=str(REPO / "docs" / "bench-tcp.png"), help="plot path ('' for none)")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="clusters to compare (default: all four)")
+    args = ap.parse_args(argv)
+    p = Params.quick_run() if args.quick else Params.full()
+    p.kinds = [k for k in args.kinds.split(",") if k]
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    if os.geteuid() != 0:
+        log("bench.tcp: needs root (network namespaces, BPF)")
+        return 2
+    os.chdir(REPO)  # the CRR responder starts as `python -m bench.tcp_httpd`
+    lock_fd = heavy_lock(log)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    signal.alarm(p.budget_s)
+    t0 = time.monotonic()
+    meta = {
+        **machine(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "params": asdict(p),
+        "git_commit": _git_commit(),
+    }
+    status = 0
+    try:
+        tcp = run(p, log)
+    except Aborted as exc:
+        log(f"bench.tcp: aborted: {exc}")
+        tcp = {"aborted": str(exc), "runs": [], "errors": []}
+        status = 1
+    finally:
+        signal.alarm(0)
+    meta["run_seconds"] = round(time.monotonic() - t0, 1)
+    tcp["meta"] = meta
+    tcp["rows"], tcp["targets"] = build(tcp)
+    print()
+    print(table(tcp["rows"], tcp["targets"]))
+    save(args.out, tcp)
+    print(f"\nresults: {args.out} (key 'tcp')")
+    if args.plot:
+        try:
+            plot(tcp, args.plot)
+            print(f"plot: {args.plot}")
+        except Exception as exc:
+            print(f"plot failed: {exc}")
+    print(f"run time: {meta['run_seconds']} s")
+    if tcp["errors"]:
+        print(f"{len(tcp['errors'])} measurement(s) failed (see 'errors' in the JSON)")
+        status = status or 1
+    if lock_fd is not None:
+        os.close(lock_fd)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Rows, ratios vs ptp, targets, the printed matrix and docs/bench-tcp.png for the TCP family
+(bench/tcp.py). Pure: everything comes from one run's results dict, every ratio from the same run.
+"""
+
+from __future__ import annotations
+
+from .report import med, ratio
+
+KIND_NAMES = {
+    "tc": "xdpcni TC",
+    "xdp": "xdpcni XDP",
+    "ptp": "ptp",
+    "bridge": "bridge",
+}
+REFERENCE = "ptp"
+PATH_NAMES = {
+    "pod-pod-same": "pod -> pod, same node",
+    "pod-pod-cross": "pod -> pod, other node",
+    "pod-node": "pod -> its node",
+    "wire-pod": "wire host -> pod",
+    "svc-same": "pod -> ClusterIP, backend same node",
+    "svc-cross": "pod -> ClusterIP, backend other node",
+    "wire-node": "wire host -> node (host network)",
+    "node-node": "node -> other node (host network)",
+}
+# The node-side baseline of each row: the host-network path that ends at the node's own socket (ptp
+# cluster, same run). Node side = the row's CPU-s/GB minus this: what carrying the packets past the
+# node's own sockets, into and out of the pods, costs.
+BASELINE = {
+    "wire-pod": "wire-node",
+    "pod-pod-same": "pod-node",
+    "svc-same": "pod-node",
+    "pod-pod-cross": "node-node",
+    "svc-cross": "node-node",
+}
+# What carries each row's packets once a flow is established, for xdpcni (docs/bench.md): the
+# handshake, the close and the first segments (until conntrack has the flow ASSURED) always take
+# the stack; NAT flows (Services) never leave it on the node that translates them.
+DATAPATH = {
+    "pod-pod-same": "fast path: tc_pod redirect_peer into the other pod",
+    "pod-pod-cross": "fast path on both nodes: tc_pod fib+redirect_neigh out; NIC program into the pod",
+    "pod-node": "stack: traffic for the node itself",
+    "wire-pod": "fast path: NIC program (tc_nic / xdp_nic) into the pod",
+    "svc-same": "stack: DNAT on the node (IPS_DST_NAT), both directions",
+    "svc-cross": "stack on the client's node (DNAT); fast path into the backend on the other node",
+    "wire-node": "stack (host network; the node-side baseline)",
+    "node-node": "stack (host network; the node-side baseline)",
+}
+# (figure key, label, unit, test, field, better): "lower"/"higher" is better.
+FIGURES = (
+    ("stream1_gbit", "TCP_STREAM 1 CPU", "Gbit/s", "stream1", "gbit_s", "higher"),
+    ("stream1_cpu", "TCP_STREAM 1 CPU, all", "CPU-s/GB", "stream1", "cpu_s_per_gb", "lower"),
+    ("stream1_node", "TCP_STREAM 1 CPU, node side", "CPU-s/GB", "stream1", "node_cpu_s_per_gb", "lower"),
+    ("stream2_gbit", "TCP_STREAM 2 CPUs", "Gbit/s", "stream2", "gbit_s", "higher"),
+    ("stream2_cpu", "TCP_STREAM 2 CPUs, all", "CPU-s/GB", "stream2", "cpu_s_per_gb", "lower"),
+    ("stream2_node", "TCP_STREAM 2 CPUs, node side", "CPU-s/GB", "stream2", "node_cpu_s_per_gb", "lower"),
+    ("rr_tx", "TCP_RR", "tx/s", "rr", "tx_s", "higher"),
+    ("rr_p50", "TCP_RR p50", "us", "rr", "p50_us", "lower"),
+    ("rr_p90", "TCP_RR p90", "us", "rr", "p90_us", "lower"),
+    ("rr_p99", "TCP_RR p99", "us", "rr", "p99_us", "lower"),
+    ("rr_cpu", "TCP_RR CPU per tx", "us", "rr", "cpu_us_per_tx", "lower"),
+    ("crr_tx", "TCP_CRR", "tx/s", "crr", "tx_s", "higher"),
+    ("crr_cpu", "TCP_CRR CPU per tx", "us", "crr", "cpu_us_per_tx", "lower"),
+)
+FAST_PATH_ROWS = ("pod-pod-same", "pod-pod-cross", "wire-pod")
+
+
+def value(tcp: dict, kind: str, path: str, test: str, key: str) -> float | None:
+    """Median over repetitions of one figure. Node side: the row's CPU-s/GB minus ptp's CPU-s/GB on
+    the row's host-network baseline path (BASELINE), both medians of the same run."""
+    if key == "node_cpu_s_per_gb":
+        if path not in BASELINE:
+            return None
+        v = value(tcp, kind, path, test, "cpu_s_per_gb")
+        base = value(tcp, REFERENCE, BASELINE[path], test, "cpu_s_per_gb")
+        return round(v - base, 4) if v is not None and base is not None else None
+    runs = [r for r in tcp.get("runs", []) if r["kind"] == kind and r["path"] == path and r["test"] == test]
+    return med([r.get(key) for r in runs])
+
+
+def build(tcp: dict) -> tuple[list[dict], list[dict]]:
+    """One row per (path, figure): each kind's value and its ratio to ptp's in the same run."""
+    kinds = [k for k in KIND_NAMES if any(r["kind"] == k for r in tcp.get("runs", []))]
+    rows: list[dict] = []
+    for path in PATH_NAMES:
+        for fkey, label, unit, test, key, better in FIGURES:
+            vals = {k: value(tcp, k, path, test, key) for k in kinds}
+            if all(v is None for v in vals.values()):
+                continue
+            ref = vals.get(REFERENCE)
+            rows.append(
+                {
+                    "path": path,
+                    "figure": fkey,
+                    "label": label,
+                    "unit": unit,
+                    "better": better,
+                    "values": vals,
+                    "vs_ptp": {k: ratio(v, ref) for k, v in vals.items()},
+                }
+            )
+    return rows, targets(rows)
+
+
+def _row(rows: list[dict], path: str, figure: str) -> dict | None:
+    return next((r for r in rows if r["path"] == path and r["figure"] == figure), None)
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """Issue 16's targets, per xdpcni mode and row, with the measured ratio to ptp."""
+    out = []
+    checks = [
+        (
+            f"TCP_STREAM {c} CPU{'s' if c == 2 else ''} node-side CPU/GB vs ptp",
+            f"stream{c}_node",
+            p,
+            "<= 0.8x",
+        )
+        for c in (1, 2)
+        for p in FAST_PATH_ROWS
+    ]
+    checks += [("TCP_RR p99 vs ptp", "rr_p99", p, "<= 0.8x") for p in ("wire-pod", "pod-pod-same")]
+    checks += [("TCP_CRR tx/s vs ptp", "crr_tx", p, ">= 1.0x") for p in PATH_NAMES]
+    for name, figure, path, goal in checks:
+        r = _row(rows, path, figure)
+        for kind in ("tc", "xdp"):
+            m = r["vs_ptp"].get(kind) if r else None
+            met = None if m is None else (m <= 0.8 if goal.startswith("<=") else m >= 1.0)
+            out.append(
+                {
+                    "target": f"{name}, {PATH_NAMES[path]}, {KIND_NAMES[kind]}",
+                    "kind": kind,
+                    "path": path,
+                    "figure": figure,
+                    "measured": m,
+                    "goal": goal,
+                    "met": met,
+                }
+            )
+    return out
+
+
+def _fmt(v, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "tx/s":
+        return f"{v:,.0f}"
+    if unit in ("us",):
+        return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+    if unit == "CPU-s/GB":
+        return f"{v:.2f}"
+    return f"{v:.2f}"
+
+
+def _cell(r: dict, kind: str) -> str:
+    v = _fmt(r["values"].get(kind), r["unit"])
+    x = r["vs_ptp"].get(kind)
+    return v if kind == REFERENCE or x is None else f"{v} ({x:.2f}x)"
+
+
+def table(rows: list[dict], tgts: list[dict], markdown: bool = False) -> str:
+    """The matrix: one line per (path, figure), one column per CNI, ratio to ptp in brackets."""
+    kinds = [k for k in KIND_NAMES if any(k in r["values"] for r in rows)]
+    head = ["path", "figure", *[KIND_NAMES[k] for k in kinds]]
+    body = [
+        [PATH_NAMES[r["path"]], f"{r['label']} [{r['unit']}]", *[_cell(r, k) for k in kinds]] for r in rows
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        prev = None
+        for b in body:
+            path = b[0] if b[0] != prev else ""
+            prev = b[0]
+            lines.append("| " + " | ".join([path, *b[1:]]) + " |")
+    else:
+        w = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
+        lines = ["  ".join(h.ljust(w[i]) for i, h in enumerate(head)), "  ".join("-" * n for n in w)]
+        prev = None
+        for b in body:
+            if prev is not None and b[0] != prev:
+                lines.append("")
+            prev = b[0]
+            lines.append("  ".join(x.ljust(w[i]) if i < 2 else x.rjust(w[i]) for i, x in enumerate(b)))
+    lines += ["", "targets (ratio to ptp, same run)"]
+    for t in tgts:
+        verdict = {True: "MET", False: "MISSED", None: "n/a"}[t["met"]]
+        m = "-" if t["measured"] is None else f"{t['measured']:.2f}x"
+        lines.append(f"{'- ' if markdown else '  '}[{verdict}] {t['target']}: {m} (goal {t['goal']})")
+    return "\n".join(lines)
+
+
+PLOTS = (
+    ("stream1_gbit", "TCP_STREAM, 1 CPU: Gbit/s"),
+    ("stream1_node", "TCP_STREAM, 1 CPU: node-side CPU-s per GB (lower is better)"),
+    ("stream2_gbit", "TCP_STREAM, 2 CPUs: Gbit/s"),
+    ("rr_p99", "TCP_RR (sockperf, 64 B): p99 round trip, µs (lower is better)"),
+    ("rr_tx", "TCP_RR: transactions/s"),
+    ("crr_tx", "TCP_CRR (wrk, Connection: close): transactions/s"),
+)
+COLORS = {"tc": "#1f77b4", "xdp": "#d62728", "ptp": "#888888", "bridge": "#bbbbbb"}
+
+
+def plot(tcp: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = tcp["rows"]
+    kinds = [k for k in KIND_NAMES if any(k in r["values"] for r in rows)]
+    paths = [p for p in PATH_NAMES if any(r["path"] == p for r in rows)]
+    fig, axes = plt.subplots(3, 2, figsize=(15, 14))
+    meta = tcp.get("meta", {})
+    fig.suptitle(
+        f"xdpcni TCP matrix vs ptp and bridge — {meta.get('date', '')}, kernel {meta.get('kernel', '')}, "
+        f"{meta.get('cpus', '?')} CPUs{' (quick run)' if meta.get('params', {}).get('quick') else ''}",
+        fontsize=11,
+    )
+    width = 0.8 / max(1, len(kinds))
+    for ax, (fkey, title) in zip(axes.flat, PLOTS):
+        for ki, kind in enumerate(kinds):
+            xs, ys = [], []
+            for pi, p in enumerate(paths):
+                r = _row(rows, p, fkey)
+                v = r["values"].get(kind) if r else None
+                if v is not None:
+                    xs.append(pi + (ki - (len(kinds) - 1) / 2) * width)
+                    ys.append(v)
+            bars = ax.bar(xs, ys, width, label=KIND_NAMES[kind], color=COLORS[kind])
+            ax.bar_label(bars, fmt="%.3g", fontsize=6)
+        ax.set_xticks(range(len(paths)), [PATH_NAMES[p].replace(", ", ",\n") for p in paths], fontsize=7)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    """`python -m bench.tcp_report [results.json] [--markdown]`: print the matrix of a stored run."""
+    import json
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    md = "--markdown" in args
+    args = [a for a in args if a != "--markdown"]
+    with open(args[0] if args else "bench/results.json") as fh:
+        tcp = json.load(fh)["tcp"]
+    rows, tgts = build(tcp)
+    print(table(rows, tgts, markdown=md))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
