@@ -303,7 +303,8 @@ def serve(
     if peers_file:  # routes to the other nodes' pod CIDRs, re-synced when the file changes
         from .routes import start_file_source
 
-        start_file_source(peers_file, node_name or socket.gethostname(), roots[0], stop_watch, log)
+        name = node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+        start_file_source(peers_file, name, roots[0], stop_watch, log)
     started = []
     for svc in services or []:
         svc.start()

@@ -55,6 +55,7 @@ RTPROT_XDPCNI = 201  # 0xc9: rtm_protocol of every route this module creates (`p
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 POLL_PERIOD = 1.0  # seconds between mtime checks of the peers file
+RESYNC_PERIOD = 60.0  # seconds between syncs of an unchanged peers file (repairs removed routes)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -349,12 +350,15 @@ def diff(desired: dict[str, Route], ours: Iterable[Route], foreign: dict[str, st
         by_dst.setdefault(r.dst, []).append(r)
     for dst, want in sorted(desired.items()):
         have = by_dst.pop(dst, [])
-        if dst in foreign and not have:
+        same = [r for r in have if r == want]
+        if dst in foreign and not same:
+            # A replace could hit the other route (IPv4 replaces the first alias with the same
+            # key), so ours goes and theirs stands.
             out.conflicts.append(
                 f"peer {want.peer}: a route to {dst} not created by xdpcni exists ({foreign[dst]}): left alone, skipped"
             )
+            out.remove += have
             continue
-        same = [r for r in have if r == want]
         if same:
             out.keep.append(
                 Route(want.dst, want.gateway, want.ifindex, want.ifname, want.peer, same[0].metric)
@@ -600,26 +604,35 @@ def watch_peers_file(
     stop: threading.Event,
     log: Callable[[str], None],
     period: float = POLL_PERIOD,
+    resync: float = RESYNC_PERIOD,
 ) -> None:
-    """Sync from `path` now and whenever its mtime (or size, inode) changes, until `stop` is set.
-    A file that cannot be read or parsed changes nothing (the routes stay as they are) and is
-    logged once per change."""
+    """Sync from `path` now, whenever its mtime (or size, inode) changes, and every `resync`
+    seconds (a route someone deleted comes back), until `stop` is set. A file that cannot be read
+    or parsed changes nothing (the routes stay as they are) and is logged once per change. A
+    periodic sync is logged only when it changed something or the problems changed."""
     last = None
+    last_problems: list[str] | None = None
+    next_resync = time.monotonic() + resync
     while True:
         try:
             st = os.stat(path)
             sig = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError as exc:
             sig = ("missing", str(exc))
-        if sig != last:
+        changed = sig != last
+        if changed or (time.monotonic() >= next_resync and last_problems is not None):
             last = sig
+            next_resync = time.monotonic() + resync
             try:
                 res = ctl.sync(load_peers_file(path))
-                log(f"peers {path}: {res.summary()}")
-                for p in res.problems:
-                    log(f"peers {path}: problem: {p}")
+                if changed or res.added or res.changed or res.removed or res.problems != last_problems:
+                    log(f"peers {path}: {res.summary()}")
+                    for p in res.problems:
+                        log(f"peers {path}: problem: {p}")
+                last_problems = res.problems
             except (OSError, PeersFileError) as exc:
-                log(f"peers {path}: not applied, routes left as they are: {exc}")
+                if changed:
+                    log(f"peers {path}: not applied, routes left as they are: {exc}")
         if stop.wait(period):
             return
 

@@ -190,6 +190,16 @@ def test_a_foreign_route_on_the_same_prefix_is_left_alone():
     assert "proto static via 192.168.10.1" in d.conflicts[0]
 
 
+def test_a_foreign_route_appended_next_to_ours_is_never_replaced():
+    desired = {"10.244.1.0/24": R("10.244.1.0/24", "192.168.10.12")}
+    foreign = {"10.244.1.0/24": "proto static"}
+    d = diff(desired, [R("10.244.1.0/24", "192.168.10.12")], foreign)
+    assert d.keep == [R("10.244.1.0/24", "192.168.10.12")] and d.conflicts == []  # ours is right: kept
+    stale = R("10.244.1.0/24", "192.168.10.99")
+    d = diff(desired, [stale], foreign)  # ours is wrong: no replace that could hit theirs
+    assert d.change == [] and d.add == [] and d.remove == [stale] and len(d.conflicts) == 1
+
+
 def test_route_equality_ignores_peer_and_metric():
     assert Route("10.0.0.0/8", "1.2.3.4", 2, "nic0", "b", 0) == Route("10.0.0.0/8", "1.2.3.4", 2)
 
@@ -296,3 +306,18 @@ def test_watcher_syncs_at_start_on_change_and_not_on_a_bad_file(tmp_path):
         stop.set()
         t.join(2)
     assert not t.is_alive()
+
+
+def test_watcher_resyncs_an_unchanged_file_periodically_and_logs_only_news(tmp_path):
+    f = tmp_path / "peers.yaml"
+    f.write_text(dump_peers([B]))
+    ctl, stop, logs = FakeController(), threading.Event(), []
+    args = (str(f), ctl, stop, logs.append, 0.01, 0.05)
+    t = threading.Thread(target=watch_peers_file, args=args, daemon=True)
+    t.start()
+    try:
+        assert _wait(lambda: len(ctl.synced) >= 4), "no periodic resync"
+    finally:
+        stop.set()
+        t.join(2)
+    assert len(logs) == 1, logs  # the first sync; the quiet resyncs changed nothing
