@@ -5,7 +5,7 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup lint test test-unit demo bench bench-tcp install uninstall clean-test-state fmt help
+.PHONY: setup lint test test-unit demo bench bench-tcp install image test-image uninstall clean-test-state fmt help
 
 help:
 	@echo "make setup   install everything (idempotent: apt, kernel headers link, venv, bpffs)"
@@ -15,6 +15,8 @@ help:
 	@echo "make bench   setup + side-by-side benchmarks (writes bench/results.json, docs/bench.png)"
 	@echo "make bench-tcp  setup + TCP_STREAM/RR/CRR path matrix vs ptp and bridge (~9 min; key 'tcp' of bench/results.json, docs/bench-tcp.png)"
 	@echo "make install setup + install the CNI binary and config on this node (/opt/cni/bin, /etc/cni/net.d)"
+	@echo "make image  container image localhost/xdpcni:VERSION for conf/kubernetes/ (mmdebstrap + podman, offline)"
+	@echo "make test-image  run the image under podman on a simulated node: installs the plugin, serves an ADD"
 
 setup:
 	@bash scripts/setup.sh
@@ -43,6 +45,13 @@ bench-tcp: setup
 
 install: setup
 	bash scripts/install.sh
+
+# Not part of `make test`: minutes of package downloads.
+image: setup
+	bash scripts/build-image.sh
+
+test-image: image
+	$(PY) -m pytest -p no:cacheprovider tests/image $(PYTEST_ARGS)
 
 uninstall:
 	bash scripts/install.sh --uninstall
