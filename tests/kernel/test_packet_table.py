@@ -43,8 +43,8 @@ from datapath.abi import Reason
 from datapath.maps import PinnedMap
 from datapath.pins import PinLayout
 from datapath.stats import NODE_EP_ID, Stats
-from sim.packets import capture, forwarded, send_frames
 from sim.netfilter import nft
+from sim.packets import capture, forwarded, send_frames
 from sim.topology import WIRE_HOST_V4, WIRE_HOST_V6, sysctl
 
 pytestmark = pytest.mark.kernel

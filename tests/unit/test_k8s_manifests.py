@@ -66,9 +66,9 @@ def _host_path_of(container_path: str) -> str | None:
     """The host path a container path lands on through the mounts (None: not on the host)."""
     best = None
     for mpath, (host, _) in _mounts().items():
-        if host and (container_path == mpath or container_path.startswith(mpath.rstrip("/") + "/")):
-            if best is None or len(mpath) > len(best[0]):
-                best = (mpath, host)
+        inside = container_path == mpath or container_path.startswith(mpath.rstrip("/") + "/")
+        if host and inside and (best is None or len(mpath) > len(best[0])):
+            best = (mpath, host)
     if best is None:
         return None
     return posixpath.normpath(posixpath.join(best[1], posixpath.relpath(container_path, best[0])))
