@@ -470,8 +470,8 @@ class KubernetesMode:
     # -- lifecycle --
 
     def start(self) -> None:
-        self._check_own_node()
-        for name, target in (("k8s-informer", self.informer.run), ("k8s-reconcile", self._reconcile_loop)):
+        """Threads only: the agent's socket serves meanwhile, whatever the API server does."""
+        for name, target in (("k8s-informer", self._watch), ("k8s-reconcile", self._reconcile_loop)):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -484,6 +484,10 @@ class KubernetesMode:
         for t in self._threads:
             t.join(timeout)
         self._threads.clear()
+
+    def _watch(self) -> None:
+        self._check_own_node()
+        self.informer.run()
 
     def _check_own_node(self) -> None:
         """GET nodes/<self>: a wrong name or missing RBAC is said now, not found out later."""
@@ -518,9 +522,9 @@ class KubernetesMode:
                 continue
             try:
                 self.reconcile()
-            except Exception as exc:  # keep going; the next change or resync retries
-                self.log(f"kubernetes: reconcile failed: {type(exc).__name__}: {exc}")
-                self.stopping.wait(1.0)
+            except Exception as exc:  # keep going: retried in 5 s (said once per distinct error)
+                self._once(f"kubernetes: reconcile failed (retrying): {_brief(exc)}")
+                self.stopping.wait(5.0)
                 self.dirty.set()
 
     def reconcile(self) -> None:
