@@ -15,7 +15,8 @@ bench/realnode.py (nat KUBE-SERVICES with 1000 non-matching ClusterIP rules, fil
 `ct state invalid drop`, nf_conntrack_tcp_be_liberal=1) plus the two Services measured here, so
 conntrack tracks every flow the kernel sees, as on a Kubernetes node.
 
-CPU: /proc/stat busy time of the CPUs in use over the client's run. "Node side" per GB is that minus
+CPU: the benchmark's own tasks over the client's run (client, server, ksoftirqd; scheduler-exact, so
+other processes on this shared machine are not counted; /proc/stat busy time is kept too). "Node side" per GB is that minus
 the same run's figure for the matching host-network path in the ptp cluster (wire host -> node for
 wire host -> pod, pod -> node for same-node rows, node -> node for cross-node rows): what forwarding
 past the node's own sockets costs (docs/bench.md "TCP matrix"). TCP_RR and TCP_CRR run their client
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -85,7 +87,7 @@ class Params:
 
     @classmethod
     def full(cls) -> Params:
-        return cls(quick=False, reps=2, stream_s=2.0, rr_s=2.0, crr_s=2.0)
+        return cls(quick=False, reps=2, stream_s=2.0, rr_s=2.0, crr_s=1.0)
 
     @classmethod
     def quick_run(cls) -> Params:
@@ -285,71 +287,112 @@ class TcpCluster:
 
 
 # -- one measurement each ------------------------------------------------------------------------------
-def _client(ns: str, *cmd: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(
+def _ksoftirqd_pids() -> list[int]:
+    out = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/comm") as fh:
+                if fh.read().startswith("ksoftirqd/"):
+                    out.append(int(pid))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+KSOFTIRQD = _ksoftirqd_pids()
+
+
+def _runtime_ns(pids: list[int]) -> int:
+    """Time on CPU, scheduler-exact (/proc/PID/schedstat): without IRQ time accounting (this kernel)
+    a softirq runs on the clock of the task it interrupted, so a task's figure includes the packet
+    processing done in its context."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def _children_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _client(ns: str, srv_pid: int, used: set[int], *cmd: str, timeout: float):
+    """Run a client on CPU 0 in namespace `ns`; CPU over its life two ways:
+    task_cpu_s = the client (reaped child: rusage, scaled to the scheduler's runtime), the server and
+    ksoftirqd (schedstat): the benchmark's own work, wherever it ran, other tenants excluded;
+    busy_s = /proc/stat busy time of the CPUs in `used` (everything, other tenants included)."""
+    c0, k0, ch0 = cpu_sample(), _runtime_ns([srv_pid, *KSOFTIRQD]), _children_s()
+    proc = subprocess.run(
         ["nsenter", f"--net=/var/run/netns/{ns}", "taskset", "-c", str(CLIENT_CPU), *cmd],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
-
-
-def _busy(cpus: set[int], d: dict) -> tuple[float, float]:
-    return round(sum(d["busy_s"][c] for c in cpus), 3), round(sum(d["steal_s"][c] for c in cpus), 3)
+    c1, k1, ch1 = cpu_sample(), _runtime_ns([srv_pid, *KSOFTIRQD]), _children_s()
+    d = cpu_delta(c0, c1)
+    acct = {
+        "task_cpu_s": round((k1 - k0) / 1e9 + (ch1 - ch0), 4),
+        "busy_s": round(sum(d["busy_s"][c] for c in used), 3),
+        "steal_s": round(sum(d["steal_s"][c] for c in used), 3),
+        "wall_s": round(d["wall_s"], 3),
+    }
+    return proc, acct
 
 
 def stream(cns: str, addr: str, srv: Servers, cpus: int, seconds: float) -> dict:
-    """TCP_STREAM: one iperf3 stream client -> server. cpus=1: both on CPU 0 (all the work on one CPU,
-    CPU-s/GB = CPU 0's busy time); cpus=2: client CPU 0, server CPU 1 (both CPUs counted)."""
+    """TCP_STREAM: one iperf3 stream client -> server. cpus=1: both on CPU 0 (all the work on one CPU);
+    cpus=2: client CPU 0, server CPU 1. CPU-s/GB from the benchmark's own tasks (see _client)."""
     srv.pin("iperf3", CLIENT_CPU if cpus == 1 else SERVER_CPU)
     used = {CLIENT_CPU} if cpus == 1 else {CLIENT_CPU, SERVER_CPU}
-    c0 = cpu_sample()
-    proc = _client(
-        cns, "iperf3", "-c", addr, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J", timeout=seconds + 30
-    )
-    c1 = cpu_sample()
+    proc, acct = _client(
+        cns, srv.procs["iperf3"].pid, used, "iperf3", "-c", addr, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J",
+        timeout=seconds + 30,
+    )  # fmt: skip
     try:
         r = tcp_parse.iperf3(proc.stdout)
     except ValueError as exc:
         raise RuntimeError(f"iperf3 rc {proc.returncode}: {proc.stdout[-300:]} {proc.stderr[-300:]}") from exc
-    busy, steal = _busy(used, cpu_delta(c0, c1))
-    r.update(cpus=cpus, cpu_busy_s=busy, steal_s=steal, cpu_s_per_gb=tcp_parse.per_gb(busy, r["bytes"]))
+    r.update(
+        cpus=cpus,
+        **acct,
+        cpu_s_per_gb=tcp_parse.per_gb(acct["task_cpu_s"], r["bytes"]),
+        busy_cpu_s_per_gb=tcp_parse.per_gb(acct["busy_s"], r["bytes"]),
+    )
     return r
 
 
 def rr(cns: str, addr: str, srv: Servers, seconds: float) -> dict:
     """TCP_RR: sockperf ping-pong over one TCP connection, 64-byte messages, full round trips,
-    blocking sockets; client CPU 0, server CPU 1."""
+    blocking sockets; client CPU 0, server CPU 1, both SCHED_FIFO."""
     srv.pin("sockperf", SERVER_CPU)
-    c0 = cpu_sample()
-    proc = _client(
-        cns, "chrt", "-f", RT_PRIO, "sockperf", "ping-pong", "--tcp", "-i", addr, "-p", str(RR_PORT), "-t", str(int(max(1, seconds))),
-        "-m", "64", "--full-rtt", timeout=seconds + 30,
+    proc, acct = _client(
+        cns, srv.procs["sockperf"].pid, {CLIENT_CPU, SERVER_CPU}, "chrt", "-f", RT_PRIO, "sockperf", "ping-pong",
+        "--tcp", "-i", addr, "-p", str(RR_PORT), "-t", str(int(max(1, seconds))), "-m", "64", "--full-rtt",
+        timeout=seconds + 30,
     )  # fmt: skip
-    c1 = cpu_sample()
     r = tcp_parse.sockperf(proc.stdout + proc.stderr)
-    busy, steal = _busy({CLIENT_CPU, SERVER_CPU}, cpu_delta(c0, c1))
-    total = r["tx_s"] * (c1.t - c0.t) if r["tx_s"] else 0  # round trips over the whole client life
-    r.update(cpu_busy_s=busy, steal_s=steal, cpu_us_per_tx=tcp_parse.per_tx_us(busy, total))
+    total = r["round_trips_total"] or 0  # the CPU figure covers the warm-up too
+    r.update(**acct, cpu_us_per_tx=tcp_parse.per_tx_us(acct["task_cpu_s"], total))
     return r
 
 
 def crr(cns: str, addr: str, srv: Servers, seconds: float, conns: int) -> dict:
     """TCP_CRR: wrk, one thread, `conns` connections, `Connection: close` (connect, request, response,
-    close per transaction); client CPU 0, the responder CPU 1."""
+    close per transaction); client CPU 0, the responder CPU 1, both SCHED_FIFO."""
     srv.pin("httpd", SERVER_CPU)
-    c0 = cpu_sample()
-    proc = _client(
-        cns, "chrt", "-f", RT_PRIO, "wrk", "-t1", f"-c{conns}", f"-d{seconds:g}s", "-H", "Connection: close", "--latency",
-        f"http://{addr}:{CRR_PORT}/", timeout=seconds + 30,
+    proc, acct = _client(
+        cns, srv.procs["httpd"].pid, {CLIENT_CPU, SERVER_CPU}, "chrt", "-f", RT_PRIO, "wrk", "-t1", f"-c{conns}",
+        f"-d{seconds:g}s", "-H", "Connection: close", "--latency", f"http://{addr}:{CRR_PORT}/",
+        timeout=seconds + 30,
     )  # fmt: skip
-    c1 = cpu_sample()
     r = tcp_parse.wrk(proc.stdout + proc.stderr)
-    busy, steal = _busy({CLIENT_CPU, SERVER_CPU}, cpu_delta(c0, c1))
-    r.update(
-        conns=conns, cpu_busy_s=busy, steal_s=steal, cpu_us_per_tx=tcp_parse.per_tx_us(busy, r["requests"])
-    )
+    r.update(conns=conns, **acct, cpu_us_per_tx=tcp_parse.per_tx_us(acct["task_cpu_s"], r["requests"]))
     return r
 
 

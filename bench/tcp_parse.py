@@ -14,6 +14,7 @@ import re
 
 from .latency import _AVG, _OBS, _PCT
 
+_TOTAL = re.compile(r"\[Total Run\] RunTime=([\d.]+) sec; .*SentMessages=(\d+); ReceivedMessages=(\d+)")
 _VALID = re.compile(r"\[Valid Duration\] RunTime=([\d.]+) sec; SentMessages=(\d+); ReceivedMessages=(\d+)")
 _WRK_REQS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
 _WRK_TOTAL = re.compile(r"(\d+) requests in ([\d.]+)(us|ms|s|m),")
@@ -51,8 +52,10 @@ def sockperf(text: str) -> dict:
     run_s, received = float(valid.group(1)), int(valid.group(3))
     avg = _AVG.search(text)
     obs = dict(_OBS.findall(text))
+    total = _TOTAL.search(text)
     return {
         "round_trips": received,
+        "round_trips_total": int(total.group(3)) if total else None,  # warm-up included
         "valid_seconds": run_s,
         "tx_s": round(received / run_s, 1) if run_s else None,
         "p50_us": pct[50.0],
