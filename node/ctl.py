@@ -323,8 +323,8 @@ def cmd_status(args) -> int:
     if rt:
         when = time.strftime("%H:%M:%S", time.localtime(rt["time"]))
         print(
-            f"  routes to other nodes: {len(rt['routes'])} for {rt['peers']} node(s) in the peers "
-            f"(this node {rt['node']}; {rt['source'] or 'source ?'}; synced {when})"
+            f"  routes to other nodes: {len(rt['routes'])} ({rt['peers']} node(s) listed, this one "
+            f"{rt['node']}; {rt['source'] or 'source ?'}; synced {when})"
         )
     print("  problems:" if out["problems"] else "  problems: none")
     for p in out["problems"]:

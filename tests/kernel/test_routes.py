@@ -278,7 +278,7 @@ def test_a_peer_not_on_link_is_reported_and_skipped(cluster, restore):
     )
     assert not any("198.19.20.0/24" in r or "2001:db8:1:20::" in r for r in routes(n0, 4) + routes(n0, 6))
     status = n0.ctl("status").stdout
-    assert "routes to other nodes: 4 for 5 node(s)" in status
+    assert "routes to other nodes: 4 (5 node(s) listed, this one n0;" in status
     assert "routes: peer far: 10.255.0.1 not on a directly connected subnet" in status
     text = n0.ctl("routes").stdout
     assert "routes of proto 201 (xdpcni) in this namespace: 4" in text and "problem: peer far" in text
