@@ -27,7 +27,7 @@ Rules:
   host-bits-set CIDRs and addresses, a pod CIDR without an address of its family, a pod CIDR
   overlapping this node's own pod CIDRs, another peer's (the first by name keeps it), or a
   directly connected subnet (it would hijack the node's own network), a duplicate peer name, a
-  peer address that is this node's own or link-local. The entry named `self_name` is this node:
+  peer address that is this node's own, link-local, or another peer's (the first by name keeps it). The entry named `self_name` is this node:
   never routed, its pod CIDRs are the "own" ones.
 """
 
@@ -250,6 +250,7 @@ def plan(
     desired: dict[str, Route] = {}
     claimed: list[tuple[Network, str]] = []  # pod CIDRs routed so far, and whose
     seen: set[str] = set()
+    used_by: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str] = {}  # next hops claimed so far
     for peer in sorted(peers, key=lambda p: p.name):
         if peer.name == self_name:
             continue
@@ -268,7 +269,10 @@ def plan(
                 problems.append(f"peer {peer.name}: address {addr} is this node's own")
             elif addr.is_link_local or addr.is_loopback or addr.is_multicast or addr.is_unspecified:
                 problems.append(f"peer {peer.name}: address {addr} cannot be a next hop (not unicast global)")
+            elif used_by.get(addr, peer.name) != peer.name:
+                problems.append(f"peer {peer.name}: address {addr} is peer {used_by[addr]}'s too: not used")
             else:
+                used_by[addr] = peer.name
                 addrs.append(addr)
         if not peer.pod_cidrs:
             problems.append(f"peer {peer.name}: no pod CIDRs")

@@ -127,6 +127,13 @@ def test_duplicate_peer_name_is_a_problem():
     assert problems == ["peer b: listed twice, the second entry is skipped"]
 
 
+def test_an_address_two_peers_claim_routes_only_the_first_by_name():
+    twin = Peer("bb", ("192.168.10.12",), ("10.244.8.0/24",))
+    desired, problems = _plan(twin, B)
+    assert "10.244.8.0/24" not in desired and desired["10.244.1.0/24"].gateway == "192.168.10.12"
+    assert any(p.startswith("peer bb: address 192.168.10.12 is peer b's too") for p in problems), problems
+
+
 def test_plan_is_deterministic_whatever_the_order():
     a = _plan(C, B, ME)
     b = _plan(ME, B, C)
@@ -321,3 +328,15 @@ def test_watcher_resyncs_an_unchanged_file_periodically_and_logs_only_news(tmp_p
         stop.set()
         t.join(2)
     assert len(logs) == 1, logs  # the first sync; the quiet resyncs changed nothing
+
+
+def test_the_cli_takes_the_route_options():
+    from node.ctl import build_parser
+
+    a = build_parser().parse_args(["agent", "--peers", "/etc/xdpcni/peers.yaml", "--node-name", "n1"])
+    assert (a.peers, a.node_name) == ("/etc/xdpcni/peers.yaml", "n1")
+    assert build_parser().parse_args(["agent"]).peers is None
+    r = build_parser().parse_args(
+        ["routes", "--peers", "p.yaml", "--node-name", "n1", "--dev", "eth1", "--json"]
+    )
+    assert (r.peers, r.node_name, r.dev, r.json, r.remove_all) == ("p.yaml", "n1", "eth1", True, False)
