@@ -30,6 +30,7 @@ heavy lock, an alarm, and cleanup in finally blocks also on SIGTERM/SIGINT/the a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -274,16 +275,13 @@ class TcpCluster:
             s.stop()
         self.servers = {}
         self.cluster.teardown()
+        # namespaces a signal left unregistered (between create and bookkeeping): the prefix is ours
         prefix = f"{self.cluster.prefix}-"
         for name in [n for n in os.listdir("/var/run/netns") if n.startswith(prefix)]:
-            try:
+            with contextlib.suppress(OSError):
                 netns.remove(name)
-            except OSError:
-                pass
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(BENCH_PIN_BASE)
-        except OSError:
-            pass
 
 
 # -- one measurement each ------------------------------------------------------------------------------
