@@ -191,3 +191,26 @@ def test_table_text_and_markdown():
     md = tcp_report.table(rows, tgts, markdown=True)
     assert md.splitlines()[0] == "| path | figure | xdpcni TC | ptp |"
     assert "| wire host -> pod | TCP_STREAM 1 CPU [Gbit/s] | 2.50 (1.25x) | 2.00 |" in md
+
+
+def test_node_side_within_its_noise_is_not_judged():
+    res = _results()
+    # ptp's same-node GSO row: node side 0.05 over pod -> node, but the repetitions spread by 0.3
+    for rep, (ppp, base, tc) in enumerate(((0.80, 0.70, 0.70), (1.10, 0.80, 0.75))):
+        res["runs"] += [
+            _run("ptp", "pod-pod-same", "stream1", rep, cpu_s_per_gb=ppp),
+            _run("ptp", "pod-node", "stream1", rep, cpu_s_per_gb=base),
+            _run("tc", "pod-pod-same", "stream1", rep, cpu_s_per_gb=tc),
+        ]
+    rows, tgts = tcp_report.build(res)
+    r = _row(rows, "pod-pod-same", "stream1_node")
+    assert r["values"] == {"tc": -0.025, "ptp": 0.2}
+    assert r["noise"] == {"tc": 0.15, "ptp": 0.4}  # own spread + the baseline's (0.1)
+    t = next(
+        t for t in tgts if t["figure"] == "stream1_node" and t["path"] == "pod-pod-same" and t["kind"] == "tc"
+    )
+    assert t["met"] is None and "within the spread" in t["note"]
+    # the wire -> pod row (spread 0.4 + 0.2 < ptp's 2.1) is still judged
+    assert next(t for t in tgts if t["figure"] == "stream1_node" and t["path"] == "wire-pod")["met"] is True
+    # no CRR target on the host-network baselines
+    assert not [t for t in tgts if t["path"] in ("wire-node", "node-node")]
