@@ -459,63 +459,64 @@ def profile(clusters: dict[str, TcpCluster], p: Params, log) -> dict:
     if not _have("perf"):
         out["perf"] = {"skipped": "perf not installed"}
         return out
-    for kind in ("ptp", "tc"):
+    crr_path = next(x for x in PATHS if x[0] == "pod-pod-same")
+    for kind, where, test in (
+        ("ptp", path, "stream1"),
+        ("tc", path, "stream1"),
+        ("ptp", crr_path, "crr"),
+        ("tc", crr_path, "crr"),
+    ):
         tcl = clusters.get(kind)
-        if not tcl:
-            continue
-        data = f"/tmp/xdpcni-bench-perf-{os.getpid()}-{kind}.data"
-        rec = subprocess.Popen(
+        if tcl:
+            key = f"{kind} {where[0]} {test}"
+            out["perf"][key] = _perf(tcl, where, test, p)
+            log(f"  perf {key}: " + " | ".join(out["perf"][key][:6]))
+    return out
+
+
+IDLE_SYMBOLS = ("pv_native_safe_halt", "default_idle", "cpuidle", "acpi_idle", "poll_idle")
+
+
+def _perf(tcl: TcpCluster, path: tuple, test: str, p: Params) -> list[str]:
+    """`perf record -a` on the CPUs the test uses while it runs; the top kernel and user symbols,
+    idle excluded (the percentages are of all samples, idle included)."""
+    cpus = str(CLIENT_CPU) if test == "stream1" else f"{CLIENT_CPU},{SERVER_CPU}"
+    seconds = p.profile_s if test == "stream1" else p.crr_s
+    data = f"/tmp/xdpcni-bench-perf-{os.getpid()}.data"
+    rec = subprocess.Popen(
+        ["perf", "record", "-a", "-C", cpus, "-F", "999", "-o", data, "--", "sleep", f"{seconds + 0.5:g}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.2)  # perf's own start-up outside the window
+        measure(tcl, path, test, p)
+        rec.wait(seconds + 20)
+        rep = subprocess.run(
             [
                 "perf",
-                "record",
-                "-a",
-                "-C",
-                str(CLIENT_CPU),
-                "-F",
-                "999",
-                "-o",
+                "report",
+                "-i",
                 data,
-                "--",
-                "sleep",
-                f"{p.profile_s + 0.5:g}",
+                "--stdio",
+                "--no-children",
+                "--sort",
+                "comm,sym",
+                "--percent-limit",
+                "1",
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            cns, addr, srv = tcl.endpoints(path)
-            stream(cns, addr, srv, 1, p.profile_s)
-            rec.wait(p.profile_s + 20)
-            rep = subprocess.run(
-                [
-                    "perf",
-                    "report",
-                    "-i",
-                    data,
-                    "--stdio",
-                    "--no-children",
-                    "--sort",
-                    "sym",
-                    "--percent-limit",
-                    "1.5",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            ).stdout
-            out["perf"][kind] = [
-                ln.strip() for ln in rep.splitlines() if ln.strip() and not ln.startswith("#")
-            ][:25]
-        finally:
-            processes.stop(rec, grace=5)
-            for f in (data, data + ".old"):
-                try:
-                    os.unlink(f)
-                except FileNotFoundError:
-                    pass
-        log(f"  perf {kind}: " + " | ".join(out["perf"][kind][:6]))
-    return out
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        ).stdout
+    finally:
+        processes.stop(rec, grace=5)
+        for f in (data, data + ".old"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f)
+    lines = [ln.strip() for ln in rep.splitlines() if ln.strip() and not ln.startswith("#")]
+    return [ln for ln in lines if not any(s in ln for s in IDLE_SYMBOLS)][:25]
 
 
 def _have(tool: str) -> bool:
