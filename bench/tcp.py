@@ -526,8 +526,10 @@ def _have(tool: str) -> bool:
 
 
 # -- the run -------------------------------------------------------------------------------------------
-def run(p: Params, log) -> dict:
-    res: dict = {"runs": [], "errors": [], "clusters": {}}
+def run(p: Params, log, res: dict) -> dict:
+    """Fill `res` as the measurements come in: a run stopped by a signal or the alarm keeps what it
+    measured."""
+    res.update(runs=[], errors=[], clusters={})
     clusters: dict[str, TcpCluster] = {}
     try:
         for kind in p.kinds:
@@ -632,11 +634,12 @@ def main(argv=None) -> int:
         "git_commit": _git_commit(),
     }
     status = 0
+    tcp: dict = {}
     try:
-        tcp = run(p, log)
+        run(p, log, tcp)
     except Aborted as exc:
-        log(f"bench.tcp: aborted: {exc}")
-        tcp = {"aborted": str(exc), "runs": [], "errors": []}
+        log(f"bench.tcp: aborted: {exc} (keeping the {len(tcp.get('runs', []))} runs measured)")
+        tcp["aborted"] = str(exc)
         status = 1
     finally:
         signal.alarm(0)
