@@ -282,11 +282,15 @@ def main(argv=None) -> int:
     ap.add_argument("results", nargs="?", default="bench/results.json")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--rebuild", metavar="PLOT", help="write rows/targets back and redraw PLOT")
+    ap.add_argument("--figures", help="comma-separated figure keys to print (default: all)")
+    ap.add_argument("--no-targets", action="store_true")
     args = ap.parse_args(argv)
     with open(args.results) as fh:
         tcp = json.load(fh)["tcp"]
     tcp["rows"], tcp["targets"] = build(tcp)
-    print(table(tcp["rows"], tcp["targets"], markdown=args.markdown))
+    keep = args.figures.split(",") if args.figures else None
+    rows = [r for r in tcp["rows"] if keep is None or r["figure"] in keep]
+    print(table(rows, [] if args.no_targets else tcp["targets"], markdown=args.markdown))
     if args.rebuild:
         from .tcp import save
 
