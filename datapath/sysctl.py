@@ -9,6 +9,17 @@ from __future__ import annotations
 
 import os
 
+# procfs to write sysctls through. /proc/sys is read-only in an unprivileged container, so the
+# DaemonSet mounts the host's /proc at /host/proc and sets XDPCNI_PROCFS=/host/proc (Cilium's
+# --procfs does the same). /proc/sys/net resolves in the *writer's* network namespace whichever
+# procfs mount it goes through, so writes from a pod-namespace thread still land in the pod.
+PROCFS = os.environ.get("XDPCNI_PROCFS", "/proc")
+
+
+def sys_net(rel: str) -> str:
+    """Path of net sysctl `rel` (e.g. "ipv4/conf/eth0/forwarding") under PROCFS/sys/net."""
+    return f"{PROCFS}/sys/net/{rel}"
+
 
 def _write(path: str, value: str) -> bool:
     try:
@@ -20,16 +31,16 @@ def _write(path: str, value: str) -> bool:
 
 
 def enable_forwarding(ifname: str) -> None:
-    _write(f"/proc/sys/net/ipv4/conf/{ifname}/forwarding", "1")
-    _write(f"/proc/sys/net/ipv6/conf/{ifname}/forwarding", "1")
+    _write(sys_net(f"ipv4/conf/{ifname}/forwarding"), "1")
+    _write(sys_net(f"ipv6/conf/{ifname}/forwarding"), "1")
     # Kernel >= 6.17: IPv6 forwarding on this device even with the global switch off; without it
     # the kernel fallback for IPv6 (e.g. hop limit exceeded) needs net.ipv6.conf.all.forwarding=1.
-    _write(f"/proc/sys/net/ipv6/conf/{ifname}/force_forwarding", "1")
+    _write(sys_net(f"ipv6/conf/{ifname}/force_forwarding"), "1")
 
 
 def disable_ipv6_ra(ifname: str) -> None:
     """A forwarding device must not autoconfigure from router advertisements."""
-    _write(f"/proc/sys/net/ipv6/conf/{ifname}/accept_ra", "0")
+    _write(sys_net(f"ipv6/conf/{ifname}/accept_ra"), "0")
 
 
 def read_snmp(netns_proc_pid: int | None = None) -> dict[str, int]:

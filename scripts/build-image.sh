@@ -40,8 +40,11 @@ export CLEAN_ENV="env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UT
 
 work=$(mktemp -d /tmp/xdpcni-image.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-# The project as git knows it (no venv, no caches), plus the built objects.
-git ls-files -z | tar --null -T - -cf "$work/src.tar"
+# The checkout as it is (tracked and new files that .gitignore does not exclude: no venv, no
+# caches), plus the built objects.
+git ls-files -z --cached --others --exclude-standard \
+  | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
+  | tar --null -T - -cf "$work/src.tar"
 tar -rf "$work/src.tar" bpf/build/*.o
 
 say "building the $SUITE rootfs with mmdebstrap (sources: $sources)"

@@ -164,6 +164,9 @@ def test_every_host_path_the_agent_uses_is_mounted_from_the_host():
     for path in ("/run/netns", "/var/run/netns"):
         host, m = _mounts()[path]
         assert host == path and m.get("mountPropagation") == "HostToContainer", path
+    # sysctls go through the host's procfs (/proc/sys is read-only in the container)
+    env = {e["name"]: e.get("value") for e in _agent()["env"]}
+    assert _host_path_of(env["XDPCNI_PROCFS"]) == "/proc"
     bpffs_host, bpffs_mount = _mounts()["/sys/fs/bpf"]
     assert bpffs_host == "/sys/fs/bpf" and bpffs_mount.get("mountPropagation") == "HostToContainer"
 
@@ -193,3 +196,17 @@ def test_probes_hit_the_agents_health_endpoint():
     for probe in ("readinessProbe", "livenessProbe"):
         get = _agent()[probe]["httpGet"]
         assert (get["path"], get["port"], get["host"]) == ("/healthz", int(port), host)
+
+
+def test_sysctl_writes_follow_xdpcni_procfs(tmp_path):
+    """What the DaemonSet's XDPCNI_PROCFS does: forwarding switches land under that procfs."""
+    import subprocess
+    import sys
+
+    conf = tmp_path / "sys/net/ipv4/conf/eth9"
+    conf.mkdir(parents=True)
+    (conf / "forwarding").write_text("0")
+    code = "from datapath import sysctl; sysctl.enable_forwarding('eth9')"
+    env = dict(os.environ, XDPCNI_PROCFS=str(tmp_path))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=Path(__file__).resolve().parents[2])
+    assert (conf / "forwarding").read_text() == "1"
