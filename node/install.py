@@ -102,10 +102,26 @@ if __name__ == "__main__":
 """
 
 
+_HOST_MAIN = """
+
+# ---- installed on a host (node/install.py): the xdpcni package is not here, so a verb never
+# runs in this process: no agent answering means code 11 (STATUS: 50), never an import attempt.
+def _product():
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+"""
+
+
 def client_source() -> str:
     """The installed executable's text: a shebang for the host's python3 in isolated mode
-    without site (-IS), cni/client.py's source (the agent protocol, standard library only), and
-    the main above. Raises RuntimeError if cni/client.py no longer has what the main calls."""
+    without site (-IS), then cni/client.py's source (the agent protocol, standard library only)
+    and a main. When cni/client.py is the lean client with its own main() (VERSION answered by
+    hand, the agent, else cni.main found through `_product()`), that main runs with `_product`
+    answering None; otherwise the main above (_MAIN). Raises RuntimeError if cni/client.py no
+    longer has what either main calls."""
     import cni.client
     from cni.version import SUPPORTED_VERSIONS
 
@@ -114,7 +130,9 @@ def client_source() -> str:
     for name in ("via_agent", "socket_path"):
         if not re.search(rf"^def {name}\(", src, re.M):
             raise RuntimeError(f"cni/client.py has no {name}(): the installed client cannot be built")
-    # Its own `__main__` block (if any) is not ours to run on the host.
+    if src.startswith("#!"):
+        src = src.split("\n", 1)[1]
+    # Its own `__main__` block (if any) is replaced by ours.
     src = re.split(r"^if __name__ == [\"']__main__[\"']:", src, maxsplit=1, flags=re.M)[0].rstrip() + "\n"
     digest = hashlib.sha256(src.encode()).hexdigest()[:12]
     head = (
@@ -122,6 +140,10 @@ def client_source() -> str:
         f"# xdpcni CNI client, installed by the xdpcni node agent (node/install.py). Generated: do not edit.\n"
         f"# cni/client.py sha256 {digest}; needs only the host's python3 (standard library).\n"
     )
+    if all(re.search(rf"^def {name}\(", src, re.M) for name in ("main", "_product")):
+        return head + src + _HOST_MAIN
+    if not re.search(r"^import os$", src, re.M):
+        src += "\nimport os\n"
     return head + src + _MAIN.format(versions=tuple(SUPPORTED_VERSIONS))
 
 

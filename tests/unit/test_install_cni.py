@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -183,6 +184,69 @@ def test_client_relays_the_agents_reply(client, tmp_path):
         seen["env"] == {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc"}
         and json.loads(seen["stdin"])["name"] == "n"
     )
+
+
+def _imports(client, command, stdin: bytes) -> set[str]:
+    res = subprocess.run(
+        [HOST_PYTHON, "-I", "-S", "-v", client],
+        input=stdin,
+        capture_output=True,
+        env={"CNI_COMMAND": command},
+    )
+    return {m.split(".")[0] for m in re.findall(r"^import '([\w.]+)'", res.stderr.decode(), re.M)}
+
+
+def test_client_imports_nothing_but_the_standard_library(client, tmp_path):
+    net = json.dumps(
+        {"cniVersion": "1.0.0", "name": "n", "type": "xdpcni", "agentSocket": str(tmp_path / "x")}
+    )
+    for command in ("VERSION", "ADD", "STATUS"):
+        imported = _imports(client, command, net.encode())
+        assert imported and imported <= set(sys.stdlib_module_names), (command, imported)
+        assert "site" not in imported and "cni" not in imported
+
+
+OLD_CLIENT = '''"""A client of the first kind: the protocol only, no main of its own."""
+import json
+import os
+
+
+def socket_path(environ, stdin):
+    return json.loads(stdin).get("agentSocket") or "/run/xdpcni/agent.sock"
+
+
+def via_agent(environ, stdin):
+    return None if not os.path.exists(socket_path(environ, stdin)) else (0, "{}", "")
+'''
+
+
+def test_a_client_module_without_a_main_gets_ours(monkeypatch, tmp_path):
+    import cni.client
+
+    fake = tmp_path / "client.py"
+    fake.write_text(OLD_CLIENT)
+    monkeypatch.setattr(cni.client, "__file__", str(fake))
+    exe = tmp_path / "xdpcni"
+    exe.write_text(install.client_source())
+    net = json.dumps({"cniVersion": "0.4.0", "agentSocket": str(tmp_path / "none")}).encode()
+    res = _run_client(str(exe), "DEL", net)
+    assert (
+        res.returncode == 1
+        and json.loads(res.stdout)["code"] == 11
+        and json.loads(res.stdout)["cniVersion"] == "0.4.0"
+    )
+    res = _run_client(str(exe), "VERSION", net)
+    assert res.returncode == 0 and json.loads(res.stdout)["cniVersion"] == "0.4.0"
+
+
+def test_client_source_needs_the_agent_protocol(monkeypatch, tmp_path):
+    import cni.client
+
+    fake = tmp_path / "client.py"
+    fake.write_text("def socket_path(e, s):\n    return ''\n")
+    monkeypatch.setattr(cni.client, "__file__", str(fake))
+    with pytest.raises(RuntimeError, match="via_agent"):
+        install.client_source()
 
 
 def test_client_source_drops_a_main_block_of_its_own(monkeypatch, tmp_path):
