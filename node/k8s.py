@@ -541,10 +541,12 @@ class KubernetesMode:
         if own is None:
             self._once(f"kubernetes: node {self.node_name} is not in the cluster's Node list: waiting")
             return
+        # The datapath first: /healthz (the DaemonSet's probes) follows it, and a cluster whose
+        # node IPAM is slow to set podCIDRs must not see the agent killed meanwhile.
+        if not self._datapath_ready(own):
+            return
         if not own.peer.pod_cidrs:
             self._once(f"kubernetes: node {self.node_name} has no spec.podCIDRs yet: CNI config not written")
-            return
-        if not self._datapath_ready(own):
             return
         if not _socket_answers(self.agent_socket):
             self._once(

@@ -31,6 +31,7 @@ import pytest
 import yaml
 from pyroute2 import netns
 
+from datapath.pins import PinLayout
 from node.k8s import RBAC_RULES
 from sim import processes
 from sim.packets import udp_exchange
@@ -231,7 +232,9 @@ def test_three_nodes_get_routes_to_each_other(env):
         env.agents[node.name].wait_log("kubernetes: ready")
     agent2 = env.agents[n2.name]
     agent2.wait_log("has no spec.podCIDRs yet: CNI config not written")
-    # n2 without podCIDRs: no conflist on n2, no condition, nothing routed to it
+    # n2 without podCIDRs: datapath loaded (its /healthz is green), but no conflist, no
+    # condition, nothing routed to it
+    assert PinLayout(n2.pin_root).is_loaded()
     assert not os.path.exists(env.conflist(n2))
     assert api.node("n2")["status"]["conditions"][0]["type"] == "Ready"
     assert len(api.node("n2")["status"]["conditions"]) == 1

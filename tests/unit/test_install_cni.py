@@ -259,3 +259,29 @@ def test_client_source_drops_a_main_block_of_its_own(monkeypatch, tmp_path):
     monkeypatch.setattr(cni.client, "__file__", str(fake))
     out = install.client_source()
     assert "SystemExit(99)" not in out and out.count('if __name__ == "__main__":') == 1
+
+
+def test_xdpcnictl_install_cni(tmp_path, capsys):
+    from node import ctl
+
+    rc = ctl.main(
+        [
+            "install-cni",
+            "--cni-bin-dir",
+            str(tmp_path / "bin"),
+            "--cni-conf-dir",
+            str(tmp_path / "net.d"),
+            "--pod-cidr",
+            "10.244.7.0/24",
+            "--pod-cidr",
+            "fd00:10:244:7::/64",
+            "--mtu",
+            "1450",
+        ]
+    )
+    assert rc == 0
+    conf = json.loads((tmp_path / "net.d" / "00-xdpcni.conflist").read_text())
+    plugin = conf["plugins"][0]
+    assert [r[0]["subnet"] for r in plugin["ipam"]["ranges"]] == ["10.244.7.0/24", "fd00:10:244:7::/64"]
+    assert plugin["mtu"] == 1450
+    assert os.access(tmp_path / "bin" / "xdpcni", os.X_OK)
