@@ -41,7 +41,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 
-from pyroute2 import netns
+from pyroute2 import IPRoute, netns
 
 from sim import processes
 from sim.cni_runtime import invoke
@@ -50,6 +50,7 @@ from sim.topology import Cluster, Pod, run_in, sysctl
 from . import tcp_parse
 from .realnode import kube_proxy_ruleset
 from .sysmon import cpu_delta, cpu_sample, forwarded
+from .tcp_report import BASELINE
 from .topo import BENCH_PIN_BASE, bench_prefix
 
 KINDS = ("tc", "xdp", "ptp", "bridge")
@@ -66,11 +67,16 @@ PATHS = (
     ("svc-same", "pod -> ClusterIP, backend same node", "a", "svc-same"),
     ("svc-cross", "pod -> ClusterIP, backend other node", "a", "svc-cross"),
 )
-# Host-network paths, TCP_STREAM in the ptp cluster only: the node-side baselines (bench/tcp_report.py).
-BASELINE_PATHS = (
-    ("wire-node", "wire host -> node (host network)", "wire", "node0"),
-    ("node-node", "node -> other node (host network)", "node0", "node1"),
-)
+# The node-side baselines (bench/tcp_report.BASELINE), TCP_STREAM in the ptp cluster only: the same
+# endpoints with no node between them. Hosts w2, w3 hang off the wire's bridge like nodes (a veth each,
+# tx checksumming off on the bridge port); e1, e2 are two namespaces joined by one veth pair.
+BASELINE_PATHS = {
+    "wire-wire": ("wire-wire", "wire host -> host on the wire (no node)", "wire", "w2"),
+    "hosts-wire": ("hosts-wire", "host -> host, across the wire (no node)", "w2", "w3"),
+    "veth-pair": ("veth-pair", "netns -> netns over one veth pair (no node)", "e1", "e2"),
+}
+WIRE_HOSTS = {"w2": "198.18.0.200", "w3": "198.18.0.201"}
+VETH_PAIR = {"e1": "198.18.251.1", "e2": "198.18.251.2"}
 SERVICE_BACKEND = {"svc-same": "b", "svc-cross": "c"}
 
 
@@ -82,6 +88,7 @@ class Params:
     rr_s: float
     crr_s: float
     crr_conns: int = 1
+    extra_stream1: bool = True  # a last TCP_STREAM-1-CPU-only repetition when the budget allows
     profile_s: float = 2.0
     budget_s: int = 590
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
@@ -165,6 +172,7 @@ class TcpCluster:
         self.cluster = Cluster(2, prefix=bench_prefix())
         self.servers: dict[str, Servers] = {}
         self.pods: dict[str, Pod] = {}
+        self.hosts: dict[str, str] = {}  # baseline hosts: name -> namespace
         try:
             self._setup()
         except BaseException:
@@ -198,9 +206,57 @@ class TcpCluster:
             "b": Servers(self.pods["b"].ns, b, self.log),
             "c": Servers(self.pods["c"].ns, c, self.log),
             "node0": Servers(node0.ns, node0.nic_ip4, self.log),
-            "node1": Servers(self.cluster.nodes[1].ns, self.cluster.nodes[1].nic_ip4, self.log),
         }
+        if self.kind == REFERENCE:
+            self._baseline_hosts()
         self.setup_s = round(time.monotonic() - t0, 1)
+
+    def _ns(self, name: str) -> str:
+        ns = f"{self.cluster.prefix}-{name}"
+        self.cluster.namespaces.append(ns)  # first: torn down with the cluster whatever happens next
+        netns.create(ns)
+        self.hosts[name] = ns
+        return ns
+
+    def _baseline_hosts(self) -> None:
+        """w2, w3 on the wire's bridge, e1-e2 over one veth pair; a server on w2, w3 and e2."""
+        wire = f"/var/run/netns/{self.cluster.wire}"
+        for name, addr in WIRE_HOSTS.items():
+            ns = self._ns(name)
+            fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
+            try:
+                with IPRoute(netns=wire) as w:
+                    w.link("add", ifname=f"p{name}", kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd})
+                    w.link(
+                        "set",
+                        index=w.link_lookup(ifname=f"p{name}")[0],
+                        master=w.link_lookup(ifname="br0")[0],
+                        state="up",
+                    )
+            finally:
+                os.close(fd)
+            run_in(
+                self.cluster.wire, "ethtool", "-K", f"p{name}", "tx", "off", check=False
+            )  # as the node ports
+            self._addr(ns, addr)
+        e1, e2 = self._ns("e1"), self._ns("e2")
+        fd = os.open(f"/var/run/netns/{e2}", os.O_RDONLY)
+        try:
+            with IPRoute(netns=f"/var/run/netns/{e1}") as ipr:
+                ipr.link("add", ifname="eth0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd})
+        finally:
+            os.close(fd)
+        for name, addr in VETH_PAIR.items():
+            self._addr(self.hosts[name], addr)
+        for name, addr in (*WIRE_HOSTS.items(), ("e2", VETH_PAIR["e2"])):
+            self.servers[name] = Servers(self.hosts[name], addr, self.log)
+
+    @staticmethod
+    def _addr(ns: str, addr: str) -> None:
+        with IPRoute(netns=f"/var/run/netns/{ns}") as ipr:
+            for ifname in ("lo", "eth0"):
+                ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
+            ipr.addr("add", index=ipr.link_lookup(ifname="eth0")[0], address=addr, prefixlen=24)
 
     def _cni_pod(self, node, name: str) -> Pod:
         """A pod made by Debian's ptp or bridge plugin, called as a runtime calls it."""
@@ -247,8 +303,8 @@ class TcpCluster:
         _, _, client, server = path
         if client == "wire":
             cns = self.cluster.wire
-        elif client.startswith("node"):
-            cns = self.cluster.nodes[int(client[4:])].ns
+        elif client in self.hosts:
+            cns = self.hosts[client]
         else:
             cns = self.pods[client].ns
         if server in SERVICE_VIPS:
@@ -526,6 +582,20 @@ def _have(tool: str) -> bool:
 
 
 # -- the run -------------------------------------------------------------------------------------------
+def plan(tests: tuple, kinds: list[str]) -> list[tuple]:
+    """One repetition: test by test, path by path, the CNIs one after the other; a TCP_STREAM row's
+    no-node baseline (ptp cluster) right before the first row that uses it."""
+    out, done = [], set()
+    for test in tests:
+        for path in PATHS:
+            base = BASELINE.get(path[0])
+            if test.startswith("stream") and base and REFERENCE in kinds and (test, base) not in done:
+                out.append((BASELINE_PATHS[base], test, REFERENCE))
+                done.add((test, base))
+            out += [(path, test, kind) for kind in kinds]
+    return out
+
+
 def run(p: Params, log, res: dict) -> dict:
     """Fill `res` as the measurements come in: a run stopped by a signal or the alarm keeps what it
     measured."""
@@ -548,14 +618,22 @@ def run(p: Params, log, res: dict) -> dict:
         for tcl in clusters.values():
             for s in tcl.servers.values():
                 s.check()
-        for rep in range(p.reps):
-            log(f"[{time.strftime('%H:%M:%S')}] repetition {rep + 1}/{p.reps}")
-            plan = [(path, test, kind) for path in PATHS for test in TESTS for kind in clusters]
-            if REFERENCE in clusters:
-                plan += [
-                    (path, test, REFERENCE) for path in BASELINE_PATHS for test in ("stream1", "stream2")
-                ]
-            for path, test, kind in plan:
+        t_start = time.monotonic()
+        for rep in range(p.reps + 1):
+            tests = TESTS
+            if rep == p.reps:  # one more TCP_STREAM 1 CPU round if the budget allows (the noisiest target)
+                left = p.budget_s - (time.monotonic() - t_start) - 60
+                block = (
+                    (time.monotonic() - t_start)
+                    / p.reps
+                    * len(plan(("stream1",), list(clusters)))
+                    / len(plan(TESTS, list(clusters)))
+                )
+                if not p.extra_stream1 or left < 1.2 * block:
+                    break
+                tests = ("stream1",)
+            log(f"[{time.strftime('%H:%M:%S')}] repetition {rep + 1} ({', '.join(tests)})")
+            for path, test, kind in plan(tests, list(clusters)):
                 tcl = clusters[kind]
                 try:
                     r = measure(tcl, path, test, p)

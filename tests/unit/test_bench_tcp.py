@@ -138,7 +138,7 @@ def _results():
         runs += [
             _run("ptp", "wire-pod", "stream1", rep, gbit_s=2.0, cpu_s_per_gb=ptp_cpu),
             _run("tc", "wire-pod", "stream1", rep, gbit_s=2.5, cpu_s_per_gb=tc_cpu),
-            _run("ptp", "wire-node", "stream1", rep, gbit_s=3.0, cpu_s_per_gb=base),
+            _run("ptp", "wire-wire", "stream1", rep, gbit_s=3.0, cpu_s_per_gb=base),
             _run("ptp", "wire-pod", "rr", rep, tx_s=10000.0, p50_us=80.0, p90_us=100.0, p99_us=200.0),
             _run("tc", "wire-pod", "rr", rep, tx_s=11000.0, p50_us=75.0, p90_us=90.0, p99_us=150.0),
             _run("ptp", "svc-same", "crr", rep, tx_s=5000.0, cpu_us_per_tx=300.0),
@@ -159,15 +159,17 @@ def test_rows_are_medians_with_ratios_to_ptp():
     assert _row(rows, "wire-pod", "rr_p99")["vs_ptp"]["tc"] == 0.75
 
 
-def test_node_side_subtracts_ptps_host_network_baseline():
+def test_node_side_subtracts_the_no_node_baseline_of_the_same_repetition():
     rows, _ = tcp_report.build(_results())
     r = _row(rows, "wire-pod", "stream1_node")
-    # medians: tc 3.2, ptp 4.2, ptp wire -> node 2.1
+    # per repetition: tc 3.0 - 2.0, 3.4 - 2.2; ptp 4.0 - 2.0, 4.4 - 2.2
+    assert tcp_report.node_sides(_results(), "tc", "wire-pod", "stream1") == [1.0, 1.2]
     assert r["values"] == {"tc": 1.1, "ptp": 2.1}
+    assert r["noise"] == {"tc": 0.2, "ptp": 0.2}
     assert r["vs_ptp"]["tc"] == round(1.1 / 2.1, 3)
     # a row without a baseline gets no node-side figure; the baseline rows stand on their own
-    assert not [x for x in rows if x["path"] == "wire-node" and x["figure"] == "stream1_node"]
-    assert _row(rows, "wire-node", "stream1_cpu")["values"] == {"tc": None, "ptp": 2.1}
+    assert not [x for x in rows if x["path"] == "wire-wire" and x["figure"] == "stream1_node"]
+    assert _row(rows, "wire-wire", "stream1_cpu")["values"] == {"tc": None, "ptp": 2.1}
 
 
 def test_targets_met_missed_and_missing():
@@ -195,22 +197,22 @@ def test_table_text_and_markdown():
 
 def test_node_side_within_its_noise_is_not_judged():
     res = _results()
-    # ptp's same-node GSO row: node side 0.05 over pod -> node, but the repetitions spread by 0.3
+    # ptp's same-node GSO row: node sides 0.1 and 0.3 (spread 0.2) against a median of 0.2
     for rep, (ppp, base, tc) in enumerate(((0.80, 0.70, 0.70), (1.10, 0.80, 0.75))):
         res["runs"] += [
             _run("ptp", "pod-pod-same", "stream1", rep, cpu_s_per_gb=ppp),
-            _run("ptp", "pod-node", "stream1", rep, cpu_s_per_gb=base),
+            _run("ptp", "veth-pair", "stream1", rep, cpu_s_per_gb=base),
             _run("tc", "pod-pod-same", "stream1", rep, cpu_s_per_gb=tc),
         ]
     rows, tgts = tcp_report.build(res)
     r = _row(rows, "pod-pod-same", "stream1_node")
     assert r["values"] == {"tc": -0.025, "ptp": 0.2}
-    assert r["noise"] == {"tc": 0.15, "ptp": 0.4}  # own spread + the baseline's (0.1)
+    assert r["noise"] == {"tc": 0.05, "ptp": 0.2}
     t = next(
         t for t in tgts if t["figure"] == "stream1_node" and t["path"] == "pod-pod-same" and t["kind"] == "tc"
     )
     assert t["met"] is None and "within the spread" in t["note"]
-    # the wire -> pod row (spread 0.4 + 0.2 < ptp's 2.1) is still judged
+    # the wire -> pod row (spread 0.2 against ptp's 2.1) is judged
     assert next(t for t in tgts if t["figure"] == "stream1_node" and t["path"] == "wire-pod")["met"] is True
-    # no CRR target on the host-network baselines
-    assert not [t for t in tgts if t["path"] in ("wire-node", "node-node")]
+    # no targets on the baselines
+    assert not [t for t in tgts if t["path"] in tcp_report.BASELINE_PATHS]
