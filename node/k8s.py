@@ -3,12 +3,14 @@ this node's routes, its CNI config and its NetworkUnavailable condition.
 
 What it reads (official `kubernetes` client; in-cluster config, or `--kubeconfig`):
 - GET nodes/<self> once at start (says early and clearly when the node name or RBAC is wrong);
-- LIST nodes once (resourceVersion "0": served from the API server's watch cache), then WATCH
+- LIST nodes once (resourceVersion "0": served from the API server's watch cache; pages of 500
+  with continue otherwise), then WATCH
   nodes from the list's resourceVersion with allowWatchBookmarks, informer style: one local
   cache {name: NodeView}, updated per event, never a relist per event. A watch that ends at its
   timeoutSeconds is resumed from the last resourceVersion seen (events and bookmarks). 410 Gone
   (as an ERROR event or an HTTP status) or any other watch/list error → relist (after 410 with an
-  unset resourceVersion, a consistent read) with exponential backoff, 0.5 s doubling to 30 s.
+  unset resourceVersion, a consistent read) with exponential backoff, 0.5 s doubling to 30 s,
+  jittered; watch timeouts are spread over 300..600 s.
   A relist replaces the cache wholesale; routes are diffed against the kernel, so nothing flaps.
   Events that change nothing we use (kubelet's heartbeats) trigger no work.
 What it writes:
@@ -36,6 +38,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import random
 import socket
 import threading
 import time
@@ -53,7 +56,8 @@ CONDITION_TYPE = "NetworkUnavailable"
 CONDITION_REASON = "XdpcniIsUp"
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 MTU_MIN, MTU_MAX = 576, 3506  # datapath/config.py NodeConfig.mtu: IPv4 minimum, veth native XDP limit
-WATCH_TIMEOUT = 300  # seconds: timeoutSeconds of each watch (the API server closes it then)
+WATCH_TIMEOUT = 300  # seconds: timeoutSeconds of each watch, ×1..2 at random (client-go's spread)
+LIST_PAGE = 500  # nodes per LIST page (client-go's default page size)
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 RESYNC_PERIOD = 60.0  # seconds between reconciles when nothing changed (repairs removed routes)
 PATCH_RETRY = 10.0  # seconds before the same condition patch is sent again
@@ -199,16 +203,30 @@ class NodeInformer:
             return dict(self.cache)
 
     def _list(self, resource_version: str | None) -> str:
-        kw = {"resource_version": resource_version} if resource_version is not None else {}
-        resp = self.api.list_node(_preload_content=False, _request_timeout=(10, 120), **kw)
-        try:
-            if resp.status == 410:
-                raise Gone("list: 410 Gone")
-            if resp.status != 200:
-                raise RuntimeError(f"list nodes: HTTP {resp.status}: {resp.data[:200]!r}")
-            doc = json.loads(resp.data)
-        finally:
-            resp.release_conn()
+        """LIST nodes in pages of LIST_PAGE (limit + continue: one consistent snapshot; the
+        server ignores the limit when it serves resourceVersion "0" from its cache)."""
+        items: list[dict] = []
+        cont = None
+        while True:
+            kw = {"resource_version": resource_version} if resource_version is not None else {}
+            if cont:
+                kw = {"_continue": cont}
+            resp = self.api.list_node(
+                limit=LIST_PAGE, _preload_content=False, _request_timeout=(10, 120), **kw
+            )
+            try:
+                if resp.status == 410:
+                    raise Gone("list: 410 Gone (continue token expired)")
+                if resp.status != 200:
+                    raise RuntimeError(f"list nodes: HTTP {resp.status}: {resp.data[:200]!r}")
+                doc = json.loads(resp.data)
+            finally:
+                resp.release_conn()
+            items += doc.get("items") or []
+            cont = (doc.get("metadata") or {}).get("continue")
+            if not cont:
+                break
+        doc["items"] = items
         views = {}
         for item in doc.get("items") or []:
             try:
@@ -228,14 +246,17 @@ class NodeInformer:
         return rv
 
     def _watch(self, rv: str) -> str:
-        """One watch from `rv` until the server ends it; returns the last resourceVersion seen."""
+        """One watch from `rv` until the server ends it; returns the last resourceVersion seen.
+        Its timeout is spread at random over [watch_timeout, 2 × watch_timeout), so thousands of
+        agents started together do not come back to the API server together."""
+        timeout = int(self.watch_timeout * (1 + random.random()))
         resp = self.api.list_node(
             watch=True,
             resource_version=rv,
             allow_watch_bookmarks=True,
-            timeout_seconds=self.watch_timeout,
+            timeout_seconds=timeout,
             _preload_content=False,
-            _request_timeout=(10, self.watch_timeout + 30),
+            _request_timeout=(10, timeout + 30),
         )
         self._resp = resp
         try:
@@ -301,7 +322,7 @@ class NodeInformer:
                 if not isinstance(exc, Gone) and _status_code(exc) != 410:
                     self.log(f"nodes: {_brief(exc)}: relisting in {delay:.1f}s")
                     rv, list_rv = None, "0"
-                    self.stopping.wait(delay)
+                    self.stopping.wait(delay * (0.5 + random.random()))  # jittered: no relist storms
                     delay = min(delay * 2, self.backoff[1])
                     continue
                 self.log(f"nodes: {exc if isinstance(exc, Gone) else _brief(exc)}: relisting")

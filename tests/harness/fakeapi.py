@@ -3,7 +3,9 @@
 the calls it makes. No API server can be installed on these machines; this is the stand-in.
 
 What it speaks (shapes as in Kubernetes 1.30, https://kubernetes.io/docs/reference/using-api/api-concepts/):
-- GET  /api/v1/nodes                         NodeList {metadata.resourceVersion, items: [v1.Node]}
+- GET  /api/v1/nodes[?limit=N[&continue=T]]  NodeList {metadata.resourceVersion, items: [v1.Node]},
+       in pages of `limit` from one snapshot with a `continue` token (410 for an unknown one);
+       resourceVersion=0 is answered whole, as the API server's watch cache does
 - GET  /api/v1/nodes?watch=true&resourceVersion=N[&allowWatchBookmarks=true][&timeoutSeconds=T]
        chunked stream of newline-delimited watch events {"type": ADDED|MODIFIED|DELETED|BOOKMARK|
        ERROR, "object": ...}: every change after N, then live changes, a BOOKMARK every
@@ -148,6 +150,8 @@ class FakeApiServer:
         self.events: list[tuple[int, str, dict]] = []  # (rv, type, object)
         self.compacted_rv = self.rv  # watches from an RV below this are too old
         self.requests: list[tuple[str, str, dict, str, int]] = []
+        self.snapshots: dict[str, tuple[int, list[dict]]] = {}  # continue token -> (rv, rest)
+        self.pages = 0  # list pages served
         self.paused = False  # pause(): open watches deliver nothing (a partition), changes pile up
         self.cond = threading.Condition()
         self.generation = 0  # bumped by break_watches(): live watch streams end abruptly
@@ -331,20 +335,30 @@ def _handler(api: FakeApiServer):
             if path == "/api/v1/nodes":
                 if query.get("watch") in ("true", "1"):
                     return self._watch(query)
+                token = query.get("continue")
                 with api.cond:
-                    items = [copy.deepcopy(n) for n in api.nodes.values()]
-                    rv = api.rv
+                    if token:
+                        if token not in api.snapshots:
+                            return self._send_json(
+                                410, _status(410, "Expired", "The provided continue parameter is too old")
+                            )
+                        rv, items = api.snapshots.pop(token)
+                    else:
+                        items = [copy.deepcopy(n) for _, n in sorted(api.nodes.items())]
+                        rv = api.rv
+                    # resourceVersion "0" is served whole from the watch cache: limit ignored
+                    limit = 0 if query.get("resourceVersion") == "0" else int(query.get("limit") or 0)
+                    meta = {"resourceVersion": str(rv)}
+                    if limit and len(items) > limit:  # one snapshot, served in pages
+                        rest, items = items[limit:], items[:limit]
+                        meta["continue"] = secrets.token_urlsafe(8)
+                        api.snapshots[meta["continue"]] = (rv, rest)
+                    api.pages += 1
                 for item in items:  # list items carry no kind/apiVersion
                     item.pop("kind", None)
                     item.pop("apiVersion", None)
                 return self._send_json(
-                    200,
-                    {
-                        "kind": "NodeList",
-                        "apiVersion": "v1",
-                        "metadata": {"resourceVersion": str(rv)},
-                        "items": items,
-                    },
+                    200, {"kind": "NodeList", "apiVersion": "v1", "metadata": meta, "items": items}
                 )
             if path.startswith("/api/v1/nodes/") and path.count("/") == 4:
                 name = path.rsplit("/", 1)[1]

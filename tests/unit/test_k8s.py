@@ -213,3 +213,51 @@ def test_unauthorized_is_logged_and_retried_with_backoff(tmp_path):
         inf.stop()
         t.join(5)
         api.close()
+
+
+def test_a_consistent_relist_comes_in_pages_of_one_snapshot(informer, monkeypatch):
+    api, inf, changes, logs = informer
+    monkeypatch.setattr(k8s, "LIST_PAGE", 2)
+    for i in range(4):
+        api.add_node(make_node(f"p{i}", [f"10.0.1.{i + 1}"], [f"10.245.{i}.0/24"]))
+    wait_for(lambda: len(inf.snapshot()) == 5)
+    pages = api.pages
+    api.expire()
+    api.end_watches()
+    wait_for(lambda: inf.lists == 2, what="a relist after 410")
+    assert api.pages - pages == 3  # 5 nodes, 2 per page, continue tokens
+    tail = api.log("GET", watch=False)[-3:]
+    assert [q.get("limit") for _, _, q, _, _ in tail] == ["2", "2", "2"]
+    assert "continue" not in tail[0][2] and all("continue" in q for _, _, q, _, _ in tail[1:])
+    assert sorted(inf.snapshot()) == ["a", "p0", "p1", "p2", "p3"]
+
+
+def test_five_thousand_nodes_cost_one_list_and_heartbeats_cost_nothing(tmp_path):
+    api = FakeApiServer(bookmark_interval=5)
+    for i in range(5000):
+        api.add_node(
+            make_node(
+                f"node-{i:04d}", [f"10.{i // 250}.{i % 250}.1"], [f"10.{100 + i // 256}.{i % 256}.0/24"]
+            )
+        )
+    port = api.listen()
+    client = k8s.api_client(api.kubeconfig(str(tmp_path / "kc"), port))
+    changes = []
+    inf = k8s.NodeInformer(client, lambda: changes.append(1), lambda m: None)
+    t = threading.Thread(target=inf.run, daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    try:
+        assert inf.synced.wait(30)
+        listed = time.monotonic() - t0
+        assert len(inf.snapshot()) == 5000 and changes == [1]
+        wait_for(lambda: api.watching == 1, what="the watch")
+        for i in range(0, 5000, 10):  # kubelet heartbeats on 500 nodes: nothing we use changed
+            api.modify_node(f"node-{i:04d}", lambda n: n["metadata"].update(annotations={"beat": "1"}))
+        wait_for(lambda: inf.resource_version == str(api.rv), what="the heartbeats")
+        assert changes == [1] and inf.lists == 1 and len(api.log("GET", watch=False)) == 1
+        assert listed < 20, f"listing 5000 nodes took {listed:.1f}s"
+    finally:
+        inf.stop()
+        t.join(5)
+        api.close()
