@@ -18,6 +18,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import threading
 import time
 
 from pyroute2 import IPRoute, netns
@@ -25,7 +26,7 @@ from pyroute2 import IPRoute, netns
 from datapath.endpoints import Endpoint, EndpointTable
 from datapath.netns import entered
 from sim.agent import NodeAgent
-from sim.cni_runtime import invoke, xdpcni_netconf
+from sim.cni_runtime import cni_bin_dir, invoke, xdpcni_netconf
 from sim.topology import VENV_BIN, Node
 
 CNI_VERSION = "1.0.0"
@@ -144,7 +145,12 @@ def process_overheads(node: Node, n: int = 10) -> dict:
         "wrapper_true_ms": summary(timed(["/bin/true"])),
         "python_bare_ms": summary(timed([os.path.join(VENV_BIN, "python3"), "-c", "pass"])),
         "python_no_site_ms": summary(timed([os.path.join(VENV_BIN, "python3"), "-S", "-c", "pass"])),
-        "xdpcni_version_ms": summary(timed([os.path.join(VENV_BIN, "xdpcni"), "--version"])),
+        "xdpcni_version_ms": summary(
+            timed(["sh", "-c", f"echo '{{}}' | CNI_COMMAND=VERSION {os.path.join(cni_bin_dir(), 'xdpcni')}"])
+        ),
+        "python_isolated_no_site_ms": summary(
+            timed([os.path.join(VENV_BIN, "python3"), "-I", "-S", "-c", "pass"])
+        ),
         "bridge_version_ms": summary(
             timed(["sh", "-c", 'echo \'{"cniVersion":"1.0.0"}\' | CNI_COMMAND=VERSION /usr/lib/cni/bridge'])
         ),
@@ -230,7 +236,55 @@ def remove_fake_endpoints(graveyard: str) -> None:
         pass
 
 
-def run(node: Node, n_pods: int, existing: list[int], cycles: int, log=print) -> dict:
+def _at_once(plugins: Plugins, plugin: str, verb: str, made: list[tuple[str, str]]) -> dict:
+    times: list[float] = []
+    errors: list[str] = []
+    gate = threading.Barrier(len(made) + 1)
+
+    def one(cid: str, ns: str) -> None:
+        gate.wait()
+        try:
+            times.append(plugins.call(plugin, verb, cid, ns))
+        except Exception as exc:
+            errors.append(str(exc)[:300])
+
+    threads = [threading.Thread(target=one, args=m) for m in made]
+    for t in threads:
+        t.start()
+    gate.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = (time.perf_counter() - t0) * 1000.0
+    if errors:
+        raise RuntimeError(f"{plugin} {verb} x{len(made)} at once: {len(errors)} failed, first: {errors[0]}")
+    return {"wall_ms": round(wall, 1), **summary(times)}
+
+
+def concurrent(plugins: Plugins, pods: PodNamespaces, plugin: str, n: int, tag: str) -> dict:
+    """n ADDs launched at once (as a node does when a Job starts n pods), then n DELs at once:
+    wall time from the first launch to the last exit, and each call's own time."""
+    made = [
+        (f"bench-{tag}-{plugin}-{i}", pods.new(f"q{tag}{plugin[0]}{'a' if 'agent' in plugin else ''}{i}"))
+        for i in range(n)
+    ]
+    out: dict = {"n": n}
+    for verb in ("ADD", "DEL"):
+        out[verb.lower()] = _at_once(plugins, plugin, verb, made)
+    for _, ns in made:
+        pods.remove(ns)
+    return out
+
+
+def run(
+    node: Node,
+    n_pods: int,
+    existing: list[int],
+    cycles: int,
+    log=print,
+    n_concurrent: int = 100,
+    rounds: int = 2,
+) -> dict:
     agent = NodeAgent(node)
     pods = PodNamespaces(node)
     plugins = Plugins(node, agent.sock)
@@ -268,7 +322,22 @@ def run(node: Node, n_pods: int, existing: list[int], cycles: int, log=print) ->
             "del": {p: [round(x, 2) for x in v] for p, v in del_ms.items()},
         }
 
-        # 2. xdpcni ADD with N endpoints already on the node.
+        # 2. n_concurrent ADDs launched at once, then as many DELs, bridge and xdpcni (agent)
+        # alternating over `rounds` rounds; the best round of each is reported, all are kept.
+        conc: dict = {"n": n_concurrent, "rounds": {"bridge": [], "xdpcni-agent": []}}
+        for r in range(rounds):
+            for p in ("bridge", "xdpcni-agent") if r % 2 == 0 else ("xdpcni-agent", "bridge"):
+                res = concurrent(plugins, pods, p, n_concurrent, f"{r}")
+                conc["rounds"][p].append(res)
+                log(
+                    f"    {n_concurrent} ADDs at once, {p:13}: wall {res['add']['wall_ms']:.0f} ms, "
+                    f"p50 {res['add']['p50_ms']} p99 {res['add']['p99_ms']} ms; "
+                    f"DELs wall {res['del']['wall_ms']:.0f} ms"
+                )
+        conc["best"] = {p: min(v, key=lambda x: x["add"]["wall_ms"]) for p, v in conc["rounds"].items()}
+        out["concurrent"] = conc
+
+        # 3. xdpcni ADD with N endpoints already on the node.
         out["add_with_existing"] = {}
         for n_exist in existing:
             res: dict = {}
@@ -321,3 +390,90 @@ def run(node: Node, n_pods: int, existing: list[int], cycles: int, log=print) ->
                 pass
         shutil.rmtree(os.path.join(node.data_dir, "host-local"), ignore_errors=True)
     return out
+
+
+def table(c: dict) -> str:
+    """The README's CNI rows from a run's results."""
+    rows = [
+        "| CNI | ADD p50 | ADD p99 | DEL p50 | DEL p99 | ADD p50 vs bridge |",
+        "|---|---|---|---|---|---|",
+    ]
+    names = {
+        "bridge": "Debian `bridge` + `host-local`",
+        "ptp": "Debian `ptp` + `host-local`",
+        "xdpcni": "xdpcni, in-process (no agent)",
+        "xdpcni-agent": "xdpcni, via the node agent",
+    }
+    ref = c["add"]["bridge"]["p50_ms"]
+    for p in ("bridge", "ptp", "xdpcni", "xdpcni-agent"):
+        a, d = c["add"][p], c["del"][p]
+        rows.append(
+            f"| {names[p]} | {a['p50_ms']:.1f} ms | {a['p99_ms']:.1f} ms | {d['p50_ms']:.1f} ms | "
+            f"{d['p99_ms']:.1f} ms | {a['p50_ms'] / ref:.2f}× |"
+        )
+    conc = c.get("concurrent")
+    if conc:
+        rows += [
+            "",
+            f"| {conc['n']} ADDs launched at once (best of {len(conc['rounds']['bridge'])} rounds) "
+            "| wall | per call p50 | per call p99 | DELs at once: wall |",
+            "|---|---|---|---|---|",
+        ]
+        for p in ("bridge", "xdpcni-agent"):
+            b = conc["best"][p]
+            rows.append(
+                f"| {names[p]} | {b['add']['wall_ms']:.0f} ms | {b['add']['p50_ms']:.1f} ms | "
+                f"{b['add']['p99_ms']:.1f} ms | {b['del']['wall_ms']:.0f} ms |"
+            )
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    """`flock /tmp/xdpcni-heavy.lock python -m bench.cnibench`: the CNI phase of `make bench` on its
+    own (same node set-up, same code), results to bench/results-cni.json and a table on stdout."""
+    import argparse
+    import json
+    import platform
+
+    from .topo import BenchNode
+
+    ap = argparse.ArgumentParser(prog="python -m bench.cnibench", description=main.__doc__)
+    ap.add_argument("--pods", type=int, default=100)
+    ap.add_argument("--concurrent", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--existing", default="10,1000")
+    ap.add_argument("--cycles", type=int, default=15)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results-cni.json"))
+    args = ap.parse_args(argv)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    bn = BenchNode(None, log=log)
+    try:
+        bn.configure("tc")
+        res = run(
+            bn.node,
+            args.pods,
+            [int(x) for x in args.existing.split(",") if x],
+            args.cycles,
+            log=log,
+            n_concurrent=args.concurrent,
+            rounds=args.rounds,
+        )
+    finally:
+        bn.close()
+    res["meta"] = {"date": started, "kernel": platform.release(), "cpus": os.cpu_count(), "argv": argv or []}
+    with open(args.out, "w") as fh:
+        json.dump(res, fh, indent=1)
+    print(table(res))
+    for n, r in res.get("add_with_existing", {}).items():
+        print(
+            f"ADD p50 with {r['endpoints_present']} endpoints ({n} asked): in-process "
+            f"{r['xdpcni']['add']['p50_ms']} ms, agent {r['xdpcni-agent']['add']['p50_ms']} ms"
+        )
+    print(f"process overheads: {json.dumps(res['process_overheads'])}")
+    print(f"agent side: {json.dumps(res.get('agent_side'))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

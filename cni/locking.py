@@ -28,19 +28,24 @@ def flocked(path: str, what: str = "lock", timeout: float | None = None, remove:
         raise lock_error(exc) from None
 
 
-def write_atomic(path: str, data: str, exclusive: bool = False) -> None:
+def write_atomic(path: str, data: str, exclusive: bool = False, durable: bool = False) -> None:
     """Write via a temporary file so a reader (or a crash) never sees half a file; a failed write
     (full disk) leaves no temporary behind and raises code 5.
 
     exclusive=True fails with FileExistsError when `path` exists (link(2) never overwrites).
+    No fsync unless `durable`: a killed process (SIGKILL at any step, tests/e2e/test_cni_crash.py)
+    loses nothing that write() handed to the page cache, and the state that matters survives a
+    reboot only partly anyway (pods, veths and pins are gone then); the verbs' hot path pays no
+    disk flush.
     """
     tmp = f"{path}.tmp{os.getpid()}-{threading.get_native_id()}"
     try:
         try:
             with open(tmp, "w") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             if exclusive:
                 os.link(tmp, path)
             else:

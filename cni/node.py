@@ -22,9 +22,16 @@ from .locking import flocked
 LOAD_TIMEOUT = 120.0
 
 
+# Pin roots whose `netfilter: auto` gate a long-running process (the node agent) re-decides every
+# second already: verbs it serves for them skip the per-verb re-decision (a netlink dump).
+WATCHED_ROOTS: set[str] = set()
+
+
 def sync_netfilter(root: str) -> None:
     """netfilter: auto is re-decided by every verb too (not only by the agent): cheap when the
     setting is respect or bypass (one small file read), one netlink dump when it is auto."""
+    if root in WATCHED_ROOTS:
+        return
     from datapath.loader import NodeState
 
     state = NodeState.read(root)

@@ -1,4 +1,4 @@
-"""The pod's network plumbing, all through pyroute2 netlink calls.
+"""The pod's network plumbing: netlink through datapath/rtnl.py (no pyroute2 on ADD/DEL).
 
 Shape (as the reference ptp plugin, with link-local gateways as Calico/Cilium do):
   pod ns:  eth0  <addr>/32, <addr6>/128; gateway 169.254.1.1 / fe80::1 with *permanent* neighbour
@@ -14,11 +14,13 @@ import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from datapath import rtnl, sysctl
+from datapath.rtnl import NetlinkError, Rtnl
 
-from datapath import sysctl
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 GATEWAY_V4 = "169.254.1.1"
 GATEWAY_V6 = "fe80::1"
@@ -61,40 +63,42 @@ def owner_mark(network: str, container_id: str, ifname: str, pod: str | None = N
     return f"xdpcni:{digest.hexdigest()[:32]}{readable}{named}"[:255]
 
 
-def link_owner_ok(ipr: IPRoute, idx: int, mark: str | None) -> bool:
+def link_owner_ok(nl: Rtnl, idx: int, mark: str | None) -> bool:
     """True when link `idx` carries `mark` (or mark is None: no ownership requirement). A veth
     named like ours without any alias is a crash between creating and marking it: ours too."""
     if mark is None:
         return True
-    try:
-        link = ipr.get_links(idx)[0]
-    except NetlinkError:
+    link = nl.get_link(index=idx)
+    if link is None:
         return False
-    alias = link.get_attr("IFLA_IFALIAS") or ""
-    if alias:
-        return alias.split(" ", 1)[0] == mark.split(" ", 1)[0]
-    info = link.get_attr("IFLA_LINKINFO")
-    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-    return kind == "veth"
+    if link.alias:
+        return link.alias.split(" ", 1)[0] == mark.split(" ", 1)[0]
+    return link.kind == "veth"
 
 
 def pod_netns(netns_path: str) -> IPRoute:
     """An IPRoute bound to a pod's namespace that never creates it (pyroute2's default is
-    O_CREAT: a missing namespace would silently become a new empty one with a bind mount)."""
+    O_CREAT: a missing namespace would silently become a new empty one with a bind mount).
+    For CHECK and tools; ADD and DEL use datapath/rtnl.py (no helper process)."""
+    from pyroute2 import IPRoute
+
     if not os.path.exists(netns_path):
         raise PlumbingError(f"network namespace {netns_path} does not exist")
     return IPRoute(netns=netns_path, flags=0)
 
 
-def _open_netns(netns_path: str) -> int:
+def open_netns(netns_path: str) -> int:
+    """A read-only fd of a pod's namespace (never created); the caller closes it."""
     try:
-        return os.open(netns_path, os.O_RDONLY)
+        return os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError as exc:
         raise PlumbingError(f"network namespace {netns_path} does not exist") from exc
 
 
-def create_veth(
-    ipr: IPRoute,
+def create_pod_link(
+    nl: Rtnl,
+    pod_nl: Rtnl,
+    netns_fd: int,
     netns_path: str,
     host_ifname: str,
     pod_ifname: str,
@@ -102,101 +106,117 @@ def create_veth(
     mark: str | None = None,
     created: list | None = None,
 ) -> PodLink:
-    """Create the pair in the node namespace, mark the host end as ours (ifalias), move the pod
-    end into the pod and name it there. `created` gets the host ifindex appended as soon as the
-    pair exists (the caller's rollback deletes exactly that link, never a same-named other)."""
-    tmp_peer = "xt" + host_ifname[2:]
-    nsfd = _open_netns(netns_path)
+    """Create the pair with its pod end directly in the pod's namespace (IFLA_NET_NS_FD on the
+    peer: no create-then-move, no temporary name) and mark the host end as ours (ifalias).
+    `nl` is a socket in the node's namespace, `pod_nl` one in the pod's. `created` gets the
+    host ifindex appended as soon as the pair exists (the caller's rollback deletes exactly that
+    link, never a same-named other)."""
+    if pod_nl.get_link(pod_ifname) is not None:
+        raise PlumbingError(f"interface {pod_ifname} already exists in {netns_path}")
+    host_mac, pod_mac = rtnl.random_mac(), rtnl.random_mac()
     try:
-        with pod_netns(netns_path) as pod:
-            if pod.link_lookup(ifname=pod_ifname):
-                raise PlumbingError(f"interface {pod_ifname} already exists in {netns_path}")
-        try:
-            ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu, peer={"ifname": tmp_peer, "mtu": mtu})
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
-                raise PlumbingError(f"host interface {host_ifname} already exists") from exc
-            raise
-        host_idx = ipr.link_lookup(ifname=host_ifname)[0]
-        if created is not None:
-            created.append(host_idx)
-        if mark:
-            ipr.link("set", index=host_idx, ifalias=mark)
-        peer_idx = ipr.link_lookup(ifname=tmp_peer)[0]
-        ipr.link("set", index=peer_idx, net_ns_fd=nsfd)
+        nl.create_veth(host_ifname, host_mac, pod_ifname, pod_mac, netns_fd, mtu, alias=mark)
+    except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            raise PlumbingError(f"host interface {host_ifname} already exists") from exc
+        raise
+    host = nl.get_link(host_ifname)
+    if host is None:
+        raise PlumbingError(f"host interface {host_ifname} vanished right after its creation")
+    if created is not None:
+        created.append(host.index)
+    nl.flush()  # the ownership mark
+    pod = pod_nl.get_link(pod_ifname)
+    if pod is None:
+        raise PlumbingError(f"interface {pod_ifname} did not appear in {netns_path}")
+    return PodLink(host_ifname, host.index, host.mac or host_mac, pod_ifname, pod.index, pod.mac or pod_mac)
+
+
+def configure_pod(pod_nl: Rtnl, link: PodLink, ips: list[str]) -> None:
+    """Pod side in one batch: lo and the interface up, addresses, link-local gateways with
+    permanent neighbours, default routes."""
+    idx = link.pod_ifindex
+    lo = pod_nl.get_link("lo")
+    if lo is not None and not lo.flags & rtnl.IFF_UP:
+        pod_nl.set_up(lo.index)
+    v4 = [a for a in ips if ipaddress.ip_address(a).version == 4]
+    v6 = [a for a in ips if ipaddress.ip_address(a).version == 6]
+    for a in v4:
+        pod_nl.add_addr(idx, str(ipaddress.ip_address(a)), 32)
+    for a in v6:
+        pod_nl.add_addr(idx, str(ipaddress.ip_address(a)), 128, flags=IFA_F_NODAD)
+    pod_nl.set_up(idx)
+    if v4:
+        pod_nl.replace_neigh(idx, GATEWAY_V4, link.host_mac)
+        pod_nl.replace_route(GATEWAY_V4, 32, idx, scope=RT_SCOPE_LINK)
+        pod_nl.replace_route("0.0.0.0", 0, idx, gateway=GATEWAY_V4)
+    if v6:
+        pod_nl.replace_neigh(idx, GATEWAY_V6, link.host_mac)
+        pod_nl.replace_route("::", 0, idx, gateway=GATEWAY_V6)
+    pod_nl.flush()
+
+
+def configure_host(nl: Rtnl, link: PodLink, ips: list[str]) -> None:
+    """Forwarding on (per device), host routes and permanent neighbours to the pod's addresses
+    (one batch; the host end came up at creation)."""
+    sysctl.disable_ipv6_ra(link.host_ifname)
+    sysctl.enable_forwarding(link.host_ifname)
+    for a in ips:
+        ip = ipaddress.ip_address(a)
+        nl.replace_route(str(ip), 32 if ip.version == 4 else 128, link.host_ifindex, scope=RT_SCOPE_LINK)
+        nl.replace_neigh(link.host_ifindex, str(ip), link.pod_mac)
+    nl.flush()
+
+
+def create_veth(
+    ipr,
+    netns_path: str,
+    host_ifname: str,
+    pod_ifname: str,
+    mtu: int,
+    mark: str | None = None,
+    created: list | None = None,
+) -> PodLink:
+    """create_pod_link() for callers in the node's namespace without sockets of their own (the
+    simulator's hand-made pods); `ipr` is unused (kept for their signature)."""
+    fd = open_netns(netns_path)
+    try:
+        with Rtnl() as nl, Rtnl(fd) as pod_nl:
+            return create_pod_link(nl, pod_nl, fd, netns_path, host_ifname, pod_ifname, mtu, mark, created)
     finally:
-        os.close(nsfd)
-    with pod_netns(netns_path) as pod:
-        idx = pod.link_lookup(ifname=tmp_peer)[0]
-        pod.link("set", index=idx, ifname=pod_ifname)
-        pod_mac = pod.get_links(idx)[0].get_attr("IFLA_ADDRESS")
-    host_idx = ipr.link_lookup(ifname=host_ifname)[0]
-    host_mac = ipr.get_links(host_idx)[0].get_attr("IFLA_ADDRESS")
-    return PodLink(host_ifname, host_idx, host_mac, pod_ifname, idx, pod_mac)
+        os.close(fd)
 
 
 def configure_pod_side(netns_path: str, link: PodLink, ips: list[str]) -> None:
-    """Addresses, link-local gateways with permanent neighbours, default routes."""
-    with pod_netns(netns_path) as pod:
-        lo = pod.link_lookup(ifname="lo")[0]
-        pod.link("set", index=lo, state="up")
-        idx = link.pod_ifindex
-        v4 = [ipaddress.ip_address(a) for a in ips if ipaddress.ip_address(a).version == 4]
-        v6 = [ipaddress.ip_address(a) for a in ips if ipaddress.ip_address(a).version == 6]
-        for a in v4:
-            pod.addr("add", index=idx, address=str(a), prefixlen=32)
-        for a in v6:
-            pod.addr("add", index=idx, address=str(a), prefixlen=128, flags=IFA_F_NODAD)
-        pod.link("set", index=idx, state="up")
-        if v4:
-            pod.neigh("replace", dst=GATEWAY_V4, lladdr=link.host_mac, ifindex=idx, state=NUD_PERMANENT)
-            pod.route("replace", dst=f"{GATEWAY_V4}/32", oif=idx, scope=RT_SCOPE_LINK)
-            pod.route("replace", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=idx)
-        if v6:
-            pod.neigh("replace", dst=GATEWAY_V6, lladdr=link.host_mac, ifindex=idx, state=NUD_PERMANENT)
-            pod.route("replace", dst="::/0", gateway=GATEWAY_V6, oif=idx, family=10)
+    fd = open_netns(netns_path)
+    try:
+        with Rtnl(fd) as pod_nl:
+            configure_pod(pod_nl, link, ips)
+    finally:
+        os.close(fd)
 
 
-def configure_host_side(ipr: IPRoute, link: PodLink, ips: list[str]) -> None:
-    """Forwarding on, host routes and permanent neighbours to the pod's addresses."""
-    sysctl.disable_ipv6_ra(link.host_ifname)
-    sysctl.enable_forwarding(link.host_ifname)
-    ipr.link("set", index=link.host_ifindex, state="up")
-    for a in ips:
-        ip = ipaddress.ip_address(a)
-        plen = 32 if ip.version == 4 else 128
-        ipr.route(
-            "replace",
-            dst=f"{ip}/{plen}",
-            oif=link.host_ifindex,
-            scope=RT_SCOPE_LINK,
-            family=2 if ip.version == 4 else 10,
-        )
-        ipr.neigh("replace", dst=str(ip), lladdr=link.pod_mac, ifindex=link.host_ifindex, state=NUD_PERMANENT)
+def configure_host_side(ipr, link: PodLink, ips: list[str]) -> None:
+    with Rtnl() as nl:
+        configure_host(nl, link, ips)
 
 
-def find_host_link(ipr: IPRoute, host_ifname: str, mark: str | None = None) -> int | None:
+def find_host_link(nl: Rtnl, host_ifname: str, mark: str | None = None) -> int | None:
     """ifindex of our host veth, or None when it is missing or does not carry `mark`."""
-    found = ipr.link_lookup(ifname=host_ifname)
-    if not found or not link_owner_ok(ipr, found[0], mark):
+    link = nl.get_link(host_ifname)
+    if link is None or not link_owner_ok(nl, link.index, mark):
         return None
-    return found[0]
+    return link.index
 
 
-def delete_host_link(ipr: IPRoute, host_ifname: str, mark: str | None = None) -> bool:
+def delete_host_link(nl: Rtnl, host_ifname: str, mark: str | None = None) -> bool:
     """Deleting the host end removes the pair, its routes and neighbours; gone already is fine.
     With `mark`, a link of that name that is not ours is left alone."""
-    idx = find_host_link(ipr, host_ifname, mark)
+    idx = find_host_link(nl, host_ifname, mark)
     if idx is None:
         return False
-    return delete_link_index(ipr, idx)
+    return delete_link_index(nl, idx)
 
 
-def delete_link_index(ipr: IPRoute, idx: int) -> bool:
-    try:
-        ipr.link("del", index=idx)
-    except NetlinkError as exc:
-        if exc.code not in (errno.ENODEV, errno.ENOENT):
-            raise
-        return False
-    return True
+def delete_link_index(nl: Rtnl, idx: int) -> bool:
+    return nl.delete_link(idx)

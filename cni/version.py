@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from .client import SUPPORTED_VERSIONS as SUPPORTED_VERSIONS  # the lean client answers VERSION
 from .errors import INCOMPATIBLE_VERSION, CniError
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = SUPPORTED_VERSIONS[-1]
 
 # The first spec version that defines each verb (CHECK came with 0.4.0, GC/STATUS with 1.1.0).

@@ -11,7 +11,9 @@ import os
 from pyroute2 import IPRoute
 
 from . import attach as nl
+from .attach import TC_HANDLE, TC_POD_FILTER, TC_PRIO, XDP_FLAGS_DRV_MODE
 from .loader import open_program
+from .rtnl import Rtnl
 
 
 def attach_host_side(ipr: IPRoute, root: str, host_ifindex: int) -> None:
@@ -47,3 +49,24 @@ def attach_pod_side(pod_ipr: IPRoute, root: str, pod_ifindex: int) -> None:
 
 def detach_host_side(ipr: IPRoute, host_ifindex: int) -> None:
     nl.detach_tc_ingress(ipr, host_ifindex)
+
+
+def attach_host_side_nl(nl: Rtnl, root: str, host_ifindex: int) -> None:
+    """attach_host_side() over datapath/rtnl.py: clsact and our filter in one batch."""
+    fd = open_program(root, "tc_pod")
+    try:
+        nl.add_clsact(host_ifindex)
+        nl.replace_bpf_filter(host_ifindex, fd, TC_POD_FILTER, handle=TC_HANDLE, prio=TC_PRIO)
+        nl.flush()
+    finally:
+        os.close(fd)
+
+
+def attach_pod_side_nl(pod_nl: Rtnl, root: str, pod_ifindex: int) -> None:
+    """attach_pod_side() over a datapath/rtnl.py socket in the pod's namespace."""
+    fd = open_program(root, "xdp_pod")
+    try:
+        pod_nl.set_xdp(pod_ifindex, fd, XDP_FLAGS_DRV_MODE)
+        pod_nl.flush()
+    finally:
+        os.close(fd)

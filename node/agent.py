@@ -12,8 +12,8 @@ second, and the fast path's TCP flows are marked liberal in conntrack as they be
 Each connection is served by its own thread: a slow verb (waiting for a lock) or an idle or
 malformed connection never holds up the others. Verbs serialise where they must through their
 own locks (per attachment, per network, per datapath; flock locks exclude threads as they
-exclude processes), and no verb changes the thread's network namespace (pod namespaces are
-reached through pyroute2 helper processes). A malformed message gets an error object on its
+exclude processes), and no verb changes the thread's network namespace (a pod namespace's
+netlink socket is opened by a short-lived thread of its own, datapath/rtnl.py: no fork). A malformed message gets an error object on its
 own connection and is logged; the agent keeps serving. The agent must run in the node's network
 namespace; a client from another namespace is told to fall back.
 """
@@ -32,6 +32,7 @@ import threading
 import time
 
 from cni import client
+from cni import node as cni_node
 from cni.main import execute
 from datapath.pins import DEFAULT_ROOT
 
@@ -297,6 +298,7 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1) or srv.close())
     log(f"serving CNI verbs on {path} (pid {os.getpid()})")
     roots = roots or [DEFAULT_ROOT]
+    cni_node.WATCHED_ROOTS.update(roots)  # watch_netfilter re-decides their gate: verbs need not
     stop_watch = threading.Event()
     watcher = threading.Thread(target=watch_netfilter, args=(roots, stop_watch, log), daemon=True)
     watcher.start()
@@ -330,6 +332,7 @@ def serve(
         pass
     finally:
         stop_watch.set()
+        cni_node.WATCHED_ROOTS.difference_update(roots)
         for svc in started:
             svc.stop()
         if marker is not None:

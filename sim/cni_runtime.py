@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from pyroute2 import netns
 
+from cni.client import write_launcher
+
 from .topology import SIM_NETFILTER, VENV_BIN, Node, Pod
 
 REFERENCE_PLUGINS = "/usr/lib/cni"  # Debian's containernetworking-plugins
@@ -39,13 +41,14 @@ class Invocation:
 
 
 def cni_bin_dir() -> str:
-    """A per-process CNI bin dir holding `xdpcni` (the installed console script), as /opt/cni/bin.
-    Published only once complete: concurrent ADD threads must never see it half-made."""
+    """A per-process CNI bin dir holding `xdpcni` (the lean client's launcher for the venv's
+    python, cni/client.py), as /opt/cni/bin. Published only once complete: concurrent ADD
+    threads must never see it half-made."""
     global _BIN_DIR
     with _BIN_DIR_LOCK:
         if _BIN_DIR is None:
             path = tempfile.mkdtemp(prefix="xdpcni-cnibin-")
-            os.symlink(os.path.join(VENV_BIN, "xdpcni"), os.path.join(path, "xdpcni"))
+            write_launcher(os.path.join(path, "xdpcni"), os.path.join(VENV_BIN, "python3"))
             # pyroute2 forks helper processes that run atexit handlers too: only the creator removes it.
             atexit.register(_remove_bin_dir, path, os.getpid())
             _BIN_DIR = path

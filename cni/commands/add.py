@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 from contextlib import ExitStack
-
-from pyroute2 import IPRoute
 
 from datapath import abi
 from datapath import pod as pod_dp
 from datapath.endpoints import Endpoint, EndpointTable, EndpointTableFull
+from datapath.rtnl import Rtnl
 
 from .. import node, plumbing, testhook
 from ..claims import describe
@@ -82,8 +82,8 @@ def _allocate(conf: NetConf, env: CniEnv, undo: ExitStack) -> list[str]:
 def _delete_created(created: list[int]) -> None:
     """Rollback: delete the veth this ADD created, by ifindex (never a same-named other link)."""
     if created:
-        with IPRoute() as ipr:
-            plumbing.delete_link_index(ipr, created[0])
+        with Rtnl() as nl:
+            plumbing.delete_link_index(nl, created[0])
 
 
 def stack_flags(conf: NetConf) -> int:
@@ -155,46 +155,54 @@ def _add(env: CniEnv, conf: NetConf) -> dict:
         records.put(rec)
         testhook.step("ipam")
 
-        with IPRoute() as ipr:
-            created: list[int] = []
-            undo.callback(_delete_created, created)
-            try:
-                link = plumbing.create_veth(
-                    ipr,
-                    env.netns,
-                    rec.host_ifname,
-                    env.ifname,
-                    conf.pod_mtu,
-                    mark=plumbing.owner_mark(conf.name, env.container_id, env.ifname, rec.pod),
-                    created=created,
-                )
-            except plumbing.PlumbingError as exc:
-                raise CniError(PLUMBING, str(exc)) from exc
-            testhook.step("veth")
+        try:
+            nsfd = plumbing.open_netns(env.netns)
+        except plumbing.PlumbingError as exc:
+            raise CniError(PLUMBING, str(exc)) from exc
+        try:
+            with Rtnl() as nl, Rtnl(nsfd) as pod_nl:
+                created: list[int] = []
+                undo.callback(_delete_created, created)
+                try:
+                    link = plumbing.create_pod_link(
+                        nl,
+                        pod_nl,
+                        nsfd,
+                        env.netns,
+                        rec.host_ifname,
+                        env.ifname,
+                        conf.pod_mtu,
+                        mark=plumbing.owner_mark(conf.name, env.container_id, env.ifname, rec.pod),
+                        created=created,
+                    )
+                except plumbing.PlumbingError as exc:
+                    raise CniError(PLUMBING, str(exc)) from exc
+                testhook.step("veth")
 
-            plumbing.configure_pod_side(env.netns, link, ips)
-            testhook.step("pod-side")
-            plumbing.configure_host_side(ipr, link, ips)
-            testhook.step("host-side")
+                plumbing.configure_pod(pod_nl, link, ips)
+                testhook.step("pod-side")
+                plumbing.configure_host(nl, link, ips)
+                testhook.step("host-side")
 
-            with plumbing.pod_netns(env.netns) as pod_ipr:
-                pod_dp.attach_pod_side(pod_ipr, root, link.pod_ifindex)
-            pod_dp.attach_host_side(ipr, root, link.host_ifindex)
-            testhook.step("programs")
+                pod_dp.attach_pod_side_nl(pod_nl, root, link.pod_ifindex)
+                pod_dp.attach_host_side_nl(nl, root, link.host_ifindex)
+                testhook.step("programs")
 
-            try:
-                with EndpointTable(root) as table:
-                    undo.callback(forget_endpoint, root, link.host_ifindex, ips)
-                    for ip in ips:  # claims make this impossible; never overwrite another pod's entry
-                        info = table.endpoints.get(abi.EndpointKey.for_ip(ip))
-                        if info is not None and info.ifindex != link.host_ifindex:
-                            raise CniError(
-                                ADDRESS_IN_USE, f"{ip} steers to another pod (ifindex {info.ifindex})"
-                            )
-                    table.add(Endpoint(link.host_ifindex, link.pod_mac, link.host_mac, ips, flags=flags))
-            except EndpointTableFull as exc:
-                raise CniError(DATAPATH, str(exc)) from exc
-            testhook.step("maps")
+                try:
+                    with EndpointTable(root) as table:
+                        undo.callback(forget_endpoint, root, link.host_ifindex, ips)
+                        for ip in ips:  # claims make this impossible; never overwrite another pod's entry
+                            info = table.endpoints.get(abi.EndpointKey.for_ip(ip))
+                            if info is not None and info.ifindex != link.host_ifindex:
+                                raise CniError(
+                                    ADDRESS_IN_USE, f"{ip} steers to another pod (ifindex {info.ifindex})"
+                                )
+                        table.add(Endpoint(link.host_ifindex, link.pod_mac, link.host_mac, ips, flags=flags))
+                except EndpointTableFull as exc:
+                    raise CniError(DATAPATH, str(exc)) from exc
+                testhook.step("maps")
+        finally:
+            os.close(nsfd)
 
         rec.complete = True
         records.put(rec)

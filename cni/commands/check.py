@@ -20,6 +20,7 @@ from pyroute2 import IPRoute
 from datapath import abi
 from datapath import attach as nl
 from datapath.endpoints import EndpointTable
+from datapath.rtnl import Rtnl
 
 from .. import node, plumbing
 from ..env import CniEnv
@@ -64,8 +65,9 @@ def _check(env: CniEnv, conf: NetConf) -> None:
     v6 = [ip for ip in want if ipaddress.ip_address(ip).version == 6]
     missing: list[str] = []
 
+    with Rtnl() as rt:
+        host_idx = plumbing.find_host_link(rt, rec.host_ifname, rec.mark)
     with IPRoute() as ipr:
-        host_idx = plumbing.find_host_link(ipr, rec.host_ifname, rec.mark)
         if host_idx is None:
             raise _fail(f"host veth {rec.host_ifname} (with this attachment's mark) is missing")
         host = ipr.get_links(host_idx)[0]

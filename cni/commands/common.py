@@ -8,11 +8,10 @@ import os
 import sys
 from contextlib import contextmanager
 
-from pyroute2 import IPRoute
-
 from datapath import abi
 from datapath.endpoints import EndpointTable
 from datapath.maps import DatapathNotLoaded
+from datapath.rtnl import Rtnl
 
 from .. import node, plumbing
 from ..claims import ClaimStore
@@ -62,14 +61,13 @@ def forget_endpoint(root: str, host_ifindex: int | None, ips: list[str]) -> None
     if not node.is_loaded(root):
         return
     try:
-        with EndpointTable(root) as table, IPRoute() as ipr:
-            live = {link["index"] for link in ipr.get_links()}
+        with EndpointTable(root) as table, Rtnl() as nl:
             for ip in ips:
                 key = abi.EndpointKey.for_ip(ip)
                 info = table.endpoints.get(key)
                 if info is None:
                     continue
-                if info.ifindex == host_ifindex or info.ifindex not in live:
+                if info.ifindex == host_ifindex or nl.get_link(index=info.ifindex) is None:
                     table.endpoints.delete(key)
                 else:
                     warn(f"map entry for {ip} steers to ifindex {info.ifindex}, not this pod's: left alone")
@@ -108,13 +106,13 @@ def teardown(conf: NetConf, env: CniEnv, container_id: str, ifname: str) -> None
     rec = rec or Record(container_id, ifname, network=conf.name)
     rec.network = conf.name
     ips = sorted(set(rec.ips) | set(lease_store(conf).owned_by(container_id, ifname)))
-    with IPRoute() as ipr:
-        host_ifindex = plumbing.find_host_link(ipr, rec.host_ifname, rec.mark)
-        if host_ifindex is None and ipr.link_lookup(ifname=rec.host_ifname):
+    with Rtnl() as nl:
+        host_ifindex = plumbing.find_host_link(nl, rec.host_ifname, rec.mark)
+        if host_ifindex is None and nl.get_link(rec.host_ifname) is not None:
             warn(f"link {rec.host_ifname} does not carry this attachment's mark: left alone")
         forget_endpoint(conf.root, host_ifindex, ips)
         if host_ifindex is not None:
-            plumbing.delete_link_index(ipr, host_ifindex)  # the peer goes too, wherever it is
+            plumbing.delete_link_index(nl, host_ifindex)  # the peer goes too, wherever it is
     release_ipam(conf, env, container_id, ifname, rec.ipam_type)
     claim_store(conf).release(ips, (conf.name, container_id, ifname))
     records.remove(container_id, ifname)

@@ -264,10 +264,22 @@ def test_corrupt_or_edited_records_are_unreadable_not_missing(tmp_path):
 
 
 def test_full_disk_write_leaves_no_temporary(tmp_path, monkeypatch):
-    def no_space(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    import cni.locking
 
-    monkeypatch.setattr(os, "fsync", no_space)
+    class FullDisk:  # the temporary gets created, writing into it fails
+        def __init__(self, path, mode):
+            self.fh = open(path, mode)  # noqa: SIM115 - closed by __exit__
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cni.locking, "open", FullDisk, raising=False)
     with pytest.raises(CniError) as exc:
         write_atomic(str(tmp_path / "rec.json"), "{}")
     assert exc.value.code == 5 and "space" in exc.value.msg

@@ -1,0 +1,117 @@
+"""How ADD and DEL reach the kernel (issue 12): the pod's veth end is created in the pod's namespace
+(no create-then-move), no helper process is forked, and the node agent serves verbs concurrently
+(one waiting for its attachment lock holds up no other)."""
+
+import json
+import os
+import select
+import socket
+import threading
+import time
+
+import pytest
+
+from cni.commands.common import network_dir
+from cni.main import execute
+from cni.netconf import parse
+from cni.plumbing import host_ifname_for
+from datapath import rtnl
+from datapath.locks import flocked
+from datapath.netns import entered
+from sim.agent import NodeAgent
+from sim.cni_runtime import Runtime
+from tests.harness.nodestate import pod_links, snapshot
+
+pytestmark = pytest.mark.e2e
+RTNLGRP_LINK = 1
+
+
+def _link_events(sock: socket.socket) -> list[tuple[int, str]]:
+    """(message type, ifname) of every link message queued on a monitor socket."""
+    out = []
+    while select.select([sock], [], [], 0.2)[0]:
+        data = sock.recv(1 << 20)
+        off = 0
+        while off + 16 <= len(data):
+            n, kind = rtnl._NLHDR.unpack_from(data, off)[:2]
+            if kind in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK):
+                attrs = rtnl.parse_attrs(data, off + 16 + rtnl._IFINFO.size, off + n)
+                out.append((kind, attrs.get(rtnl.IFLA_IFNAME, b"").rstrip(b"\0").decode()))
+            off += (n + 3) & ~3
+    return out
+
+
+def test_pod_end_is_created_in_the_pod_namespace(node, runtime):
+    """The pod's namespace sees one interface appear, already named eth0: never a temporary
+    name moved in and renamed (each move costs the kernel a namespace change)."""
+    assert runtime.add("warm", runtime.new_pod_netns("w")).ok
+    ns = runtime.new_pod_netns("mon")
+    fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
+    try:
+        mon = rtnl.socket_in_netns(fd)
+    finally:
+        os.close(fd)
+    with mon:
+        mon.bind((0, 1 << (RTNLGRP_LINK - 1)))
+        inv = runtime.add("mon", ns)
+        assert inv.ok, inv.stdout + inv.stderr
+        events = _link_events(mon)
+    names = {name for kind, name in events if kind == rtnl.RTM_NEWLINK}
+    assert names and names <= {"eth0", "lo"}, events
+    assert runtime.delete("mon", ns).ok and runtime.delete("warm", None).ok
+
+
+def test_add_and_del_fork_no_helper_process(node, runtime):
+    """ADD and DEL in this very process (as the agent runs them), with every os.fork recorded."""
+    assert runtime.add("warm", runtime.new_pod_netns("w")).ok  # loads the datapath (a subprocess)
+    forks: list[str] = []
+    armed: list[bool] = []
+    os.register_at_fork(before=lambda: armed and forks.append("fork"))
+    conf = runtime.xdpcni_conf()
+    stdin = json.dumps(conf).encode()
+    ns = runtime.new_pod_netns("nf")
+    env = {
+        "CNI_CONTAINERID": "nofork",
+        "CNI_NETNS": f"/var/run/netns/{ns}",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": "/usr/lib/cni",
+    }
+    with entered(node.ns):
+        armed.append(True)
+        try:
+            add = execute({**env, "CNI_COMMAND": "ADD"}, stdin)
+            dele = execute({**env, "CNI_COMMAND": "DEL"}, stdin)
+        finally:
+            armed.clear()
+    assert add[0] == 0 and dele[0] == 0, (add, dele)
+    assert forks == []
+    assert runtime.delete("warm", None).ok
+    assert pod_links(node) == [] and snapshot(node)["leases"] == []
+
+
+def test_agent_serves_verbs_concurrently(node):
+    """An ADD held up on its attachment lock inside the agent does not hold up another pod's."""
+    agent = NodeAgent(node)
+    try:
+        rt = Runtime.single(node, "tc", agentSocket=agent.sock)
+        assert rt.add("warm", rt.new_pod_netns("w")).ok
+        conf = parse(rt.xdpcni_conf(), "ADD")
+        lock = os.path.join(network_dir(conf), "locks", host_ifname_for("slow", "eth0", conf.name) + ".lock")
+        ns_slow, ns_fast = rt.new_pod_netns("slow"), rt.new_pod_netns("fast")
+        done: dict = {}
+        with flocked(lock, "test holds the slow pod's attachment lock"):
+            slow = threading.Thread(target=lambda: done.setdefault("slow", rt.add("slow", ns_slow)))
+            slow.start()
+            time.sleep(1.0)  # the slow ADD reaches the agent and waits there for the lock
+            fast = rt.add("fast", ns_fast)
+            assert fast.ok, fast.stdout + fast.stderr
+            assert slow.is_alive() and "slow" not in done  # still waiting for the lock we hold
+        slow.join(60)
+        assert done["slow"].ok, done["slow"].stdout + done["slow"].stderr
+        served = [(verb, cid) for verb, cid, _, _ in agent.served()]
+        assert served.index(("ADD", "fast")) < served.index(("ADD", "slow"))
+        for cid, ns in (("slow", ns_slow), ("fast", ns_fast), ("warm", None)):
+            assert rt.delete(cid, ns).ok
+    finally:
+        agent.stop()
+    assert pod_links(node) == []
