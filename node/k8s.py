@@ -472,7 +472,8 @@ class KubernetesMode:
         self.stopping = threading.Event()
         self.ready = threading.Event()  # datapath, podCIDRs, routes, socket: CNI config written
         self.condition_set = threading.Event()
-        self.last_sync = None  # routes.SyncResult of the last reconcile
+        self.last_sync = None  # routes.SyncResult of the last route sync
+        self._synced: tuple[tuple[Peer, ...], float] = ((), 0.0)  # peers of that sync, and when
         self.pod_mtu: int | None = None
         self._patched: tuple[float, str] | None = None
         self._load_failed_at = 0.0
@@ -552,8 +553,18 @@ class KubernetesMode:
         the condition. Cheap when nothing changed: the route sync is a diff."""
         views = self.informer.snapshot()
         own = views.get(self.node_name)
-        res = self.routes.sync([v.peer for v in views.values()])
-        if res.added or res.changed or res.removed or self.last_sync is None:
+        peers = tuple(sorted((v.peer for v in views.values()), key=lambda p: p.name))
+        now = time.monotonic()
+        if (
+            self.last_sync is not None
+            and peers == self._synced[0]
+            and now - self._synced[1] < self.resync_period
+        ):
+            res = self.last_sync  # only a condition changed: the routes need no sync
+        else:
+            res = self.routes.sync(peers)
+            self._synced = (peers, now)
+        if res is not self.last_sync and (res.added or res.changed or res.removed or self.last_sync is None):
             self.log(f"kubernetes: {res.summary()} ({len(views) - (own is not None)} other node(s))")
         for p in res.problems:
             self._once(f"kubernetes: route problem: {p}")
@@ -569,9 +580,7 @@ class KubernetesMode:
             self._once(f"kubernetes: node {self.node_name} has no spec.podCIDRs yet: CNI config not written")
             return
         if not _socket_answers(self.agent_socket):
-            self._once(
-                f"kubernetes: agent socket {self.agent_socket} not there yet: CNI config not written"
-            )
+            self._once(f"kubernetes: agent socket {self.agent_socket} not there yet: CNI config not written")
             self.stopping.wait(0.2)
             self.dirty.set()
             return

@@ -261,3 +261,52 @@ def test_five_thousand_nodes_cost_one_list_and_heartbeats_cost_nothing(tmp_path)
         inf.stop()
         t.join(5)
         api.close()
+
+
+class FakeRoutes:
+    """Stands in for node.routes.RouteController: records each sync's peers."""
+
+    def __init__(self):
+        self.syncs: list[tuple] = []
+
+    def sync(self, peers):
+        from node.routes import SyncResult
+
+        self.syncs.append(tuple(peers))
+        return SyncResult()
+
+
+def test_the_reconciler_syncs_routes_only_when_peers_change(tmp_path):
+    api = FakeApiServer(bookmark_interval=0.2)
+    port = api.listen()
+    client = k8s.api_client(api.kubeconfig(str(tmp_path / "kc"), port))
+    api.add_node(make_node("self", ["10.0.0.1"], ["10.244.0.0/24"]))
+    api.add_node(make_node("b", ["10.0.0.2"], ["10.244.1.0/24"]))
+    logs = []
+    mode = k8s.KubernetesMode(
+        "self", "/sys/fs/bpf/xdpcni-unit", api=client, log=logs.append, load_datapath=False
+    )
+    mode.routes = FakeRoutes()
+    runs = []
+    real = mode.reconcile
+    mode.reconcile = lambda: runs.append(1) or real()
+    mode.start()
+    try:
+        wait_for(lambda: mode.routes.syncs, what="the first sync")
+        assert [p.name for p in mode.routes.syncs[0]] == ["b", "self"]
+        n = len(runs)
+        # another node's condition changes (it came up): a reconcile, but no route sync
+        api.modify_node(
+            "b", lambda x: x["status"]["conditions"].append({"type": "NetworkUnavailable", "status": "False"})
+        )
+        wait_for(lambda: len(runs) > n, what="a reconcile")
+        assert len(mode.routes.syncs) == 1
+        api.modify_node("b", lambda x: x["spec"].update(podCIDRs=["10.244.2.0/24"]))
+        wait_for(lambda: len(mode.routes.syncs) == 2, what="a sync for the new podCIDR")
+        assert mode.routes.syncs[1][0].pod_cidrs == ("10.244.2.0/24",)
+        assert any("datapath not loaded" in m for m in logs)  # not ready: nothing installed, no patch
+        assert api.log("PATCH") == []
+    finally:
+        mode.stop()
+        api.close()
+    assert not any(t.is_alive() for t in threading.enumerate() if t.name.startswith("k8s-"))
