@@ -13,7 +13,7 @@ help:
 	@echo "make test    setup + lint + unit, kernel and end-to-end tests"
 	@echo "make demo    setup + 2-node simulated cluster demo (fast path vs host counters)"
 	@echo "make bench   setup + side-by-side benchmarks (writes bench/results.json, docs/bench.png)"
-	@echo "make bench-tcp  setup + TCP_STREAM/RR/CRR path matrix vs ptp and bridge (~9 min; key 'tcp' of bench/results.json, docs/bench-tcp.png)"
+	@echo "make bench-tcp  setup + TCP_STREAM/RR/CRR path matrix vs ptp and bridge (~9.5 min; key 'tcp' of bench/results.json, docs/bench-tcp.png)"
 	@echo "make install setup + install the CNI binary and config on this node (/opt/cni/bin, /etc/cni/net.d)"
 	@echo "make image  container image localhost/xdpcni:VERSION for conf/kubernetes/ (mmdebstrap + podman, offline)"
 	@echo "make test-image  run the image under podman on a simulated node: installs the plugin, serves an ADD"

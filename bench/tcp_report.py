@@ -213,7 +213,8 @@ def table(rows: list[dict], tgts: list[dict], markdown: bool = False) -> str:
                 lines.append("")
             prev = b[0]
             lines.append("  ".join(x.ljust(w[i]) if i < 2 else x.rjust(w[i]) for i, x in enumerate(b)))
-    lines += ["", "targets (ratio to ptp, same run)"]
+    if tgts:
+        lines += ["", "targets (ratio to ptp, same run)"]
     for t in tgts:
         verdict = {True: "MET", False: "MISSED", None: "n/a"}[t["met"]]
         m = "-" if t["measured"] is None else f"{t['measured']:.2f}x"
