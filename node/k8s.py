@@ -428,7 +428,7 @@ class KubernetesMode:
     node_name: this Node's metadata.name. root: the datapath's bpffs pin root. config_path: the
     node config YAML (None: the default if present); its `nic` is used, else the interface that
     holds this Node's InternalIP. install: a node.install.CniInstaller (None: nothing installed).
-    agent_socket: the agent's socket, which must answer before the CNI config is written.
+    agent_socket: the agent's socket, which must be bound before the CNI config is written.
     api: a CoreV1Api (tests), else one from `kubeconfig` / in-cluster.
     """
 
@@ -527,9 +527,7 @@ class KubernetesMode:
                 401: " (credentials rejected)",
                 403: " (the ClusterRole must allow get/list/watch nodes, patch nodes/status)",
             }.get(code, "")
-            self.log(
-                f"kubernetes: cannot read node {self.node_name}: {str(exc)[:200].strip()}{hint}; watching anyway"
-            )
+            self.log(f"kubernetes: cannot read node {self.node_name}: {_brief(exc)}{hint}; watching anyway")
 
     # -- reconcile --
 
@@ -584,9 +582,9 @@ class KubernetesMode:
             self.stopping.wait(0.2)
             self.dirty.set()
             return
-        peers = [a for v in views.values() if v.peer.name != self.node_name for a in v.peer.addresses]
+        peer_addrs = [a for v in views.values() if v.peer.name != self.node_name for a in v.peer.addresses]
         nic = self._nic(own)
-        link_mtu, where = detect_mtu(peers, nic, self.netns)
+        link_mtu, where = detect_mtu(peer_addrs, nic, self.netns)
         mtu = clamp_mtu(link_mtu)
         if mtu != self.pod_mtu:
             clamp = "" if mtu == link_mtu else f" (link {link_mtu}, clamped to {MTU_MIN}..{MTU_MAX})"
@@ -634,18 +632,19 @@ class KubernetesMode:
 
         nic = self._nic(own)
         try:
-            cfg = resolve(self.config_path, nic=nic, bpffs_root=self.root)
-            if cfg is None:
+            if not nic:
                 raise RuntimeError(
-                    f"no NIC: no node config `nic:` and no interface holds {own.peer.addresses}"
+                    f"no NIC: the node config names none (or `auto`) and no interface holds "
+                    f"{', '.join(own.peer.addresses) or 'an InternalIP (the Node lists none)'}"
                 )
+            cfg = resolve(self.config_path, nic=nic, bpffs_root=self.root)
             self.log(f"kubernetes: loading the datapath on {cfg.nic} under {self.root}")
             with entered(self.netns):
                 load(cfg, log=lambda m: None)
             return True
         except Exception as exc:
             self._load_failed_at = time.monotonic()
-            self.log(f"kubernetes: datapath load failed (retrying in 10 s): {exc}")
+            self._once(f"kubernetes: datapath load failed (retrying every 10 s): {exc}")
             self.dirty.set()
             return False
 
