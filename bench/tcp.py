@@ -16,12 +16,12 @@ bench/realnode.py (nat KUBE-SERVICES with 1000 non-matching ClusterIP rules, fil
 conntrack tracks every flow the kernel sees, as on a Kubernetes node.
 
 CPU: the benchmark's own tasks over the client's run (client, server, ksoftirqd; scheduler-exact, so
-other processes on this shared machine are not counted; /proc/stat busy time is kept too). "Node side" per GB is that minus
-the same run's figure for the matching host-network path in the ptp cluster (wire host -> node for
-wire host -> pod, pod -> node for same-node rows, node -> node for cross-node rows): what forwarding
-past the node's own sockets costs (docs/bench.md "TCP matrix"). TCP_RR and TCP_CRR run their client
-and server SCHED_FIFO (chrt -f 10): on this shared 2-vCPU VM other processes' time slices otherwise
-put 2-4 ms into every p99.
+other processes on this shared machine are not counted; /proc/stat busy time is kept too). "Node
+side" per GB is that minus the same two endpoints' figure with no node between them, measured next
+to the row in the same repetition (ptp cluster: hosts on the wire's bridge, a veth pair; see
+bench/tcp_report.BASELINE and docs/bench.md "TCP matrix"). TCP_RR and TCP_CRR run their client and
+server SCHED_FIFO (chrt -f 10): on this shared 2-vCPU VM other processes' time slices otherwise put
+2-5 ms into every p99.
 
 Safety as bench/run.py: namespaces only (prefix "xb" + 6 hex digits per cluster), the machine-wide
 heavy lock, an alarm, and cleanup in finally blocks also on SIGTERM/SIGINT/the alarm.
@@ -128,46 +128,16 @@ class Servers:
 
     def __init__(self, ns: str, addr: str, log):
         self.ns, self.addr = ns, addr
+        fifo = ("chrt", "-f", RT_PRIO)  # TCP_RR and TCP_CRR servers: see rr()
+        httpd = (sys.executable, "-m", "bench.tcp_httpd", addr)
         self.procs = {
             "iperf3": _spawn(ns, SERVER_CPU, "iperf3", "-s", "-p", str(IPERF_PORT), "-B", addr),
             "sockperf": _spawn(
-                ns,
-                SERVER_CPU,
-                "chrt",
-                "-f",
-                RT_PRIO,
-                "sockperf",
-                "server",
-                "--tcp",
-                "-i",
-                addr,
-                "-p",
-                str(RR_PORT),
+                ns, SERVER_CPU, *fifo, "sockperf", "server", "--tcp", "-i", addr, "-p", str(RR_PORT)
             ),
-            "httpd": _spawn(
-                ns,
-                SERVER_CPU,
-                "chrt",
-                "-f",
-                RT_PRIO,
-                sys.executable,
-                "-m",
-                "bench.tcp_httpd",
-                addr,
-                str(CRR_PORT),
-            ),
-            "httpd-svc": _spawn(
-                ns,
-                SERVER_CPU,
-                "chrt",
-                "-f",
-                RT_PRIO,
-                sys.executable,
-                "-m",
-                "bench.tcp_httpd",
-                addr,
-                str(SVC_CRR_PORT),
-            ),
+            # the direct CRR port and the Services' targetPort (SVC_CRR_PORT)
+            "httpd": _spawn(ns, SERVER_CPU, *fifo, *httpd, str(CRR_PORT)),
+            "httpd-svc": _spawn(ns, SERVER_CPU, *fifo, *httpd, str(SVC_CRR_PORT)),
         }
 
     def check(self) -> None:
@@ -255,9 +225,8 @@ class TcpCluster:
                     )
             finally:
                 os.close(fd)
-            run_in(
-                self.cluster.wire, "ethtool", "-K", f"p{name}", "tx", "off", check=False
-            )  # as the node ports
+            # finished checksums on the bridge port, as on the nodes' ports (sim/topology.py)
+            run_in(self.cluster.wire, "ethtool", "-K", f"p{name}", "tx", "off", check=False)
             self._addr(ns, addr)
         e1, e2 = self._ns("e1"), self._ns("e2")
         fd = os.open(f"/var/run/netns/{e2}", os.O_RDONLY)

@@ -116,6 +116,7 @@ def build(tcp: dict) -> tuple[list[dict], list[dict]]:
                 "better": better,
                 "values": vals,
                 "vs_ptp": {k: ratio(v, ref) for k, v in vals.items()},
+                "datapath": DATAPATH[path],  # what carries the row under xdpcni
             }
             if key == "node_cpu_s_per_gb":
                 row["noise"] = {k: spread(node_sides(tcp, k, path, test)) for k in kinds}
