@@ -47,6 +47,11 @@ def _config(args) -> NodeConfig:
     )
     if cfg is None:
         raise ConfigError("no NIC given: pass --nic or a node config with `nic:` (--config)")
+    if cfg.nic == "auto":
+        raise ConfigError(
+            "nic: auto is resolved by `xdpcnictl agent --kubernetes` (the interface holding the "
+            "Node's InternalIP); here pass --nic NAME or set `nic:` to an interface name"
+        )
     return cfg
 
 

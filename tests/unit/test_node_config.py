@@ -49,3 +49,16 @@ def test_pin_roots_never_share_state_or_lock_files():
     assert a.state_file != b.state_file
     assert a.key != b.key  # the address claims directory and any per-root file derive from it
     assert PinLayout("/sys/fs/bpf/X/c_d").key == PinLayout("/sys/fs/bpf/X/c_d/").key
+
+
+def test_load_with_nic_auto_says_what_to_do(tmp_path, capsys):
+    """`nic: auto` (the DaemonSet's ConfigMap) means something only to the Kubernetes mode;
+    `xdpcnictl load` refuses it with what to pass instead, before touching the kernel."""
+    from node.ctl import main
+
+    conf = tmp_path / "xdpcni.yaml"
+    conf.write_text("nic: auto\nbpffs_root: /sys/fs/bpf/xdpcni-unit-never-loaded\n")
+    assert main(["--config", str(conf), "load"]) == 2
+    err = capsys.readouterr().err
+    assert "nic: auto" in err and "--nic" in err and "--kubernetes" in err
+    assert not Path("/sys/fs/bpf/xdpcni-unit-never-loaded").exists()
