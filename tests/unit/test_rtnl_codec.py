@@ -1,0 +1,315 @@
+"""datapath/rtnl.py's wire format: the bytes every request type puts on the socket, pinned.
+
+The expected hex was captured from the hand-rolled struct codec before datapath/rtnl.py moved onto
+pyroute2's message classes; the port must produce the same requests. Where pyroute2 cannot encode
+a message identically (only IFLA_XDP: pyroute2 marks the nest NLA_F_NESTED, the old codec did not;
+the kernel takes either) both are decoded with pyroute2 and the decoded fields compared.
+A fake socket records what is sent and answers every request with an ack, so nothing here needs a
+namespace or privileges.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+import pytest
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+from datapath import rtnl
+
+_HDR = struct.Struct("=IHHII")
+_NLA_F_NESTED = 0x8000
+
+
+class FakeSock:
+    """Records each sendall(); answers every request with an ack (an NLMSG_ERROR carrying
+    `errors[type]`, default 0), after `replies[type]`'s messages (bodies) for a dump-like get."""
+
+    def __init__(self, replies: dict[int, list[bytes]] | None = None, errors: dict[int, int] | None = None):
+        self.sent: list[bytes] = []
+        self.pending = b""
+        self.replies = replies or {}
+        self.errors = errors or {}
+
+    def sendall(self, data) -> None:
+        data = bytes(data)
+        self.sent.append(data)
+        off = 0
+        while off + 16 <= len(data):
+            n, kind, flags, seq, pid = _HDR.unpack_from(data, off)
+            for body in self.replies.get(kind, []):
+                self.pending += _HDR.pack(16 + len(body), rtnl.RTM_NEWLINK, 0, seq, 0) + body
+            err = struct.pack("=i", -self.errors.get(kind, 0)) + data[off : off + 16]
+            self.pending += _HDR.pack(16 + len(err), rtnl.NLMSG_ERROR, 0, seq, 0) + err
+            off += (n + 3) & ~3
+
+    send = sendall
+
+    def recv(self, bufsize: int) -> bytes:
+        out, self.pending = self.pending[:bufsize], self.pending[bufsize:]
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def _rtnl(sock: FakeSock | None = None) -> rtnl.Rtnl:
+    nl = rtnl.Rtnl()
+    nl.sock.close()
+    nl.sock = sock or FakeSock()
+    return nl
+
+
+HOST_MAC, PEER_MAC = "02:11:22:33:44:55", "0a:66:77:88:99:aa"
+
+
+def _veth(nl: rtnl.Rtnl) -> None:
+    nl.create_veth("xdp1a2b3c4d5e6f", HOST_MAC, "eth0", PEER_MAC, 7, 1450, alias="xdpcni:pod-abc")
+    nl.flush()
+
+
+def _veth_plain(nl: rtnl.Rtnl) -> None:
+    nl.create_veth("veth0", HOST_MAC, "eth1", PEER_MAC, 12, 9000, up=False)
+    nl.flush()
+
+
+def _set_up(nl: rtnl.Rtnl) -> None:
+    nl.set_up(1)
+    nl.set_up(42)
+    nl.flush()
+
+
+def _set_xdp(nl: rtnl.Rtnl) -> None:
+    nl.set_xdp(42, 9, 4)
+    nl.set_xdp(43, -1, 2)
+    nl.flush()
+
+
+def _delete(nl: rtnl.Rtnl) -> None:
+    assert nl.delete_link(42) is True
+
+
+def _addrs(nl: rtnl.Rtnl) -> None:
+    nl.add_addr(42, "10.244.1.7", 32)
+    nl.add_addr(42, "fd00:10:244::7", 128, flags=0x02)  # IFA_F_NODAD: fits the header byte
+    nl.add_addr(42, "fd00:10:244::8", 64, flags=0x200 | 0x02)  # NOPREFIXROUTE: IFA_FLAGS too
+    nl.add_addr(42, "192.168.9.1", 24, flags=0x100)
+    nl.flush()
+
+
+def _routes(nl: rtnl.Rtnl) -> None:
+    nl.replace_route("169.254.1.1", 32, 42, scope=rtnl.RT_SCOPE_LINK)
+    nl.replace_route("0.0.0.0", 0, 42, gateway="169.254.1.1")
+    nl.replace_route("::", 0, 42, gateway="fe80::1")
+    nl.replace_route("fd00:10:244::7", 128, 42, scope=rtnl.RT_SCOPE_LINK)
+    nl.replace_route("10.244.1.0", 24, 42, gateway="10.0.0.2")
+    nl.flush()
+
+
+def _neighs(nl: rtnl.Rtnl) -> None:
+    nl.replace_neigh(42, "169.254.1.1", HOST_MAC)
+    nl.replace_neigh(42, "fe80::1", HOST_MAC)
+    nl.replace_neigh(43, "10.244.1.7", PEER_MAC, state=0x02)
+    nl.flush()
+
+
+def _tc(nl: rtnl.Rtnl) -> None:
+    nl.add_clsact(42)
+    nl.replace_bpf_filter(42, 11, "xdpcni_tc_pod", handle=1, prio=1)
+    nl.replace_bpf_filter(43, 12, "x", handle=0x10, prio=3)
+    nl.flush()
+
+
+def _get_by_name(nl: rtnl.Rtnl) -> None:
+    assert nl.get_link("eth0") is None  # an ack with no link message: None
+
+
+def _get_by_index(nl: rtnl.Rtnl) -> None:
+    assert nl.get_link(index=42) is None
+
+
+CASES = {
+    "create_veth": _veth,
+    "create_veth_plain": _veth_plain,
+    "set_up": _set_up,
+    "set_xdp": _set_xdp,
+    "delete_link": _delete,
+    "add_addr": _addrs,
+    "replace_route": _routes,
+    "replace_neigh": _neighs,
+    "tc": _tc,
+    "get_link_name": _get_by_name,
+    "get_link_index": _get_by_index,
+}
+
+
+def capture(name: str) -> list[str]:
+    nl = _rtnl()
+    CASES[name](nl)
+    return [b.hex() for b in nl.sock.sent]
+
+
+# fmt: off
+EXPECTED: dict[str, list[str]] = {
+    "add_addr": [
+        "28000000140005060100000000000000022000002a000000080002000af40107080001000af40107400000001400050602000000000000000a8002002a00000014000200fd00001002440000000000000000000714000100fd000010024400000000000000000007480000001400050603000000000000000a4002002a00000014000200fd00001002440000000000000000000814000100fd000010024400000000000000000008080008000202000030000000140005060400000000000000021800002a00000008000200c0a8090108000100c0a809010800080000010000",
+    ],
+    "create_veth": [
+        "9800000010000506010000000000000000000000000000000100000001000000140003007864703161326233633464356536660008000400aa0500000a000100021122334455000050001200090001007665746800000000400002003c0001000000000000000000000000000000000009000300657468300000000008000400aa0500000a0001000a66778899aa000008001c0007000000",
+        "4800000013000500020000000000000000000000000000000000000000000000140003007864703161326233633464356536660013001400786470636e693a706f642d6162630000",
+    ],
+    "create_veth_plain": [
+        "90000000100005060100000000000000000000000000000000000000000000000a000300766574683000000008000400282300000a000100021122334455000050001200090001007665746800000000400002003c0001000000000000000000000000000000000009000300657468310000000008000400282300000a0001000a66778899aa000008001c000c000000",
+    ],
+    "delete_link": [
+        "20000000110005000100000000000000000000002a0000000000000000000000",
+    ],
+    "get_link_index": [
+        "28000000120005000100000000000000000000002a000000000000000000000008001d0008000000",
+    ],
+    "get_link_name": [
+        "340000001200050001000000000000000000000000000000000000000000000008001d0008000000090003006574683000000000",
+    ],
+    "replace_neigh": [
+        "300000001c0005050100000000000000020000002a0000008000000008000100a9fe01010a00020002112233445500003c0000001c00050502000000000000000a0000002a0000008000000014000100fe8000000000000000000000000000010a0002000211223344550000300000001c0005050300000000000000020000002b00000002000000080001000af401070a0002000a66778899aa0000",
+    ],
+    "replace_route": [
+        "2c00000018000505010000000000000002200000fe04fd010000000008000100a9fe0101080004002a0000002c00000018000505020000000000000002000000fe04000100000000080004002a00000008000500a9fe0101380000001800050503000000000000000a000000fe04000100000000080004002a00000014000500fe800000000000000000000000000001380000001800050504000000000000000a800000fe04fd010000000014000100fd000010024400000000000000000007080004002a0000003400000018000505050000000000000002180000fe04000100000000080001000af40100080004002a000000080005000a000002",
+    ],
+    "set_up": [
+        "200000001000050001000000000000000000000001000000010000000100000020000000100005000200000000000000000000002a0000000100000001000000",
+    ],
+    "set_xdp": [
+        "34000000130005000100000000000000000000002a000000000000000000000014002b000800010009000000080003000400000034000000130005000200000000000000000000002b000000000000000000000014002b0008000100ffffffff0800030002000000",
+    ],
+    "tc": [
+        "30000000240005060100000000000000000000002a0000000000fffff1ffffff000000000b000100636c7361637400005c0000002c0005050200000000000000000000002a00000001000000f2ffffff00030100080001006270660030000200080006000b00000012000700786470636e695f74635f706f6400000008000800010000000800030001000000500000002c0005050300000000000000000000002b00000010000000f2ffffff00030300080001006270660024000200080006000c000000060007007800000008000800010000000800030001000000",
+    ],
+}
+# fmt: on
+
+# Requests whose bytes pyroute2 cannot reproduce exactly: compared decoded (see the docstring).
+DECODED_ONLY = {"set_xdp"}
+
+
+def _messages(raw: bytes) -> list[bytes]:
+    out, off = [], 0
+    while off + 16 <= len(raw):
+        n = _HDR.unpack_from(raw, off)[0]
+        out.append(raw[off : off + n])
+        off += (n + 3) & ~3
+    return out
+
+
+def _decoded(raw: bytes) -> list:
+    out = []
+    for m in _messages(raw):
+        msg = ifinfmsg(m)
+        msg.decode()
+        xdp = msg.get_attr("IFLA_XDP")
+        out.append(
+            (
+                tuple(msg["header"][k] for k in ("length", "type", "flags", "sequence_number", "pid")),
+                tuple(msg[k] for k in ("family", "ifi_type", "index", "flags", "change")),
+                [a[0] for a in msg["attrs"]],
+                [(a[0], a[1]) for a in xdp["attrs"]] if xdp else None,
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_request_bytes(name):
+    got = capture(name)
+    want = EXPECTED[name]
+    if name in DECODED_ONLY:
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert _decoded(bytes.fromhex(g)) == _decoded(bytes.fromhex(w))
+    else:
+        assert got == want
+
+
+def test_set_xdp_nest_type():
+    """IFLA_XDP's nest carries IFLA_XDP_FD (s32) then IFLA_XDP_FLAGS (u32), whatever its flag bit."""
+    raw = bytes.fromhex(capture("set_xdp")[0])
+    first = _messages(raw)[0]
+    n, kind = struct.unpack_from("=HH", first, 32)
+    assert kind & ~_NLA_F_NESTED == rtnl.IFLA_XDP
+    assert first[36:52] == struct.pack("=HHiHHI", 8, rtnl.IFLA_XDP_FD, 9, 8, rtnl.IFLA_XDP_FLAGS, 4)
+
+
+def _newlink_reply(index: int, flags: int, attrs: list) -> bytes:
+    msg = ifinfmsg()
+    msg["family"] = socket.AF_UNSPEC
+    msg["index"] = index
+    msg["flags"] = flags
+    msg["change"] = 0
+    msg["attrs"] = attrs
+    msg["header"]["type"] = rtnl.RTM_NEWLINK
+    msg.encode()
+    return bytes(msg.data[16 : msg["header"]["length"]])
+
+
+def test_get_link_decodes_the_reply():
+    body = _newlink_reply(
+        42,
+        rtnl.IFF_UP | 0x1000,
+        [
+            ("IFLA_IFNAME", "xdp1a2b3c4d5e6f"),
+            ("IFLA_MTU", 1450),
+            ("IFLA_ADDRESS", HOST_MAC),
+            ("IFLA_IFALIAS", "xdpcni:pod-abc"),
+            ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth")]}),
+        ],
+    )
+    nl = _rtnl(FakeSock(replies={rtnl.RTM_GETLINK: [body]}))
+    link = nl.get_link("xdp1a2b3c4d5e6f")
+    assert isinstance(link, rtnl.Link)
+    assert (link.index, link.ifname, link.mac, link.alias, link.kind, link.flags) == (
+        42,
+        "xdp1a2b3c4d5e6f",
+        HOST_MAC,
+        "xdpcni:pod-abc",
+        "veth",
+        rtnl.IFF_UP | 0x1000,
+    )
+
+
+def test_get_link_decodes_a_bare_reply():
+    """No alias, no link info (as lo): empty alias, kind None."""
+    body = _newlink_reply(1, rtnl.IFF_UP, [("IFLA_IFNAME", "lo"), ("IFLA_ADDRESS", "00:00:00:00:00:00")])
+    nl = _rtnl(FakeSock(replies={rtnl.RTM_GETLINK: [body]}))
+    link = nl.get_link(index=1)
+    assert (link.index, link.ifname, link.mac, link.alias, link.kind, link.flags) == (
+        1,
+        "lo",
+        "00:00:00:00:00:00",
+        "",
+        None,
+        rtnl.IFF_UP,
+    )
+
+
+def test_get_link_missing_is_none():
+    nl = _rtnl(FakeSock(errors={rtnl.RTM_GETLINK: errno.ENODEV}))
+    assert nl.get_link("nope") is None
+
+
+def test_refusals_raise_in_order_after_all_acks():
+    sock = FakeSock(errors={rtnl.RTM_NEWROUTE: errno.ENETUNREACH, rtnl.RTM_NEWQDISC: errno.EEXIST})
+    nl = _rtnl(sock)
+    nl.add_clsact(42)  # EEXIST is fine for clsact
+    nl.replace_neigh(42, "169.254.1.1", HOST_MAC)
+    nl.replace_route("0.0.0.0", 0, 42, gateway="169.254.1.1")
+    with pytest.raises(rtnl.NetlinkError) as exc:
+        nl.flush()
+    assert exc.value.code == errno.ENETUNREACH
+    assert len(sock.sent) == 1 and sock.pending == b""  # one send, every ack read
+
+
+def test_delete_link_gone_is_false():
+    nl = _rtnl(FakeSock(errors={rtnl.RTM_DELLINK: errno.ENODEV}))
+    assert nl.delete_link(42) is False
