@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 import threading
 import time
 
@@ -340,3 +341,94 @@ def test_the_cli_takes_the_route_options():
         ["routes", "--peers", "p.yaml", "--node-name", "n1", "--dev", "eth1", "--json"]
     )
     assert (r.peers, r.node_name, r.dev, r.json, r.remove_all) == ("p.yaml", "n1", "eth1", True, False)
+
+
+# --- plan at cluster scale -------------------------------------------------------------------
+
+WIDE = [  # one connected /16 and /48 holding every node's address
+    Connected(2, "nic0", ipaddress.ip_network("192.168.0.0/16"), "192.168.255.254"),
+    Connected(2, "nic0", ipaddress.ip_network("fd00:1::/48"), "fd00:1::ffff"),
+]
+
+
+def _node(i: int, k: int | None = None) -> Peer:
+    """Node i: addresses on WIDE, a /24 and a /64 numbered k (default i)."""
+    k = i if k is None else k
+    return Peer(
+        f"p{i:05d}",
+        (f"192.168.{i // 250}.{i % 250 + 1}", f"fd00:1::{i + 1:x}"),
+        (f"10.{k // 256}.{k % 256}.0/24", str(ipaddress.ip_network(f"fd00:244:{k:x}::/64"))),
+    )
+
+
+class _TooMuchWork(Exception):
+    pass
+
+
+def _calls(fn, limit=None):
+    """How many Python and C function calls fn() makes, and its result: a measure of work that does
+    not depend on the machine's speed or load. Gives up (_TooMuchWork) past `limit`."""
+    n = 0
+
+    def count(frame, event, arg):
+        nonlocal n
+        if event == "call" or event == "c_call":
+            n += 1
+            if limit is not None and n > limit:
+                raise _TooMuchWork
+
+    sys.setprofile(count)
+    try:
+        result = fn()
+    finally:
+        sys.setprofile(None)
+    return n, result
+
+
+def test_plan_of_5000_peers_is_right_and_near_linear():
+    peers = [_node(i) for i in range(5000)]
+    desired, problems = plan("self", peers, WIDE)
+    assert problems == []
+    assert len(desired) == 10_000
+    for p in peers:
+        v4, v6 = (desired[c] for c in p.pod_cidrs)
+        assert (v4.gateway, v6.gateway, v4.peer, v6.peer) == (*p.addresses, p.name, p.name)
+    # 10x the peers may cost 10x the work (20x allowed), not the 100x of comparing every pair
+    small, _ = _calls(lambda: plan("self", peers[:500], WIDE))
+    try:
+        large, (again, _) = _calls(lambda: plan("self", peers, WIDE), limit=20 * small)
+    except _TooMuchWork:
+        pytest.fail(f"plan() of 5000 peers made over 20x the calls of 500 peers ({small}): quadratic?")
+    assert again == desired
+
+
+def test_every_overlap_among_many_peers_is_reported_naming_the_first_claimed():
+    # p00000..p00399 own /24 and /64 number 399 - i: claim order is the reverse of address order
+    peers = [_node(i, 399 - i) for i in range(400)]
+    extra = {  # name -> (pod CIDRs, the expected problem)
+        "a-wide": (("10.1.0.0/17",), None),  # claimed first: the /24s of 10.1.0-127 are refused
+        "zz-sup-all": (("10.0.0.0/8",), "pod CIDR 10.0.0.0/8 overlaps 10.1.0.0/17 of peer a-wide"),
+        "zz-sup4": (("10.0.0.0/16",), "pod CIDR 10.0.0.0/16 overlaps 10.0.255.0/24 of peer p00144"),
+        "zz-sup6": (("fd00:244::/40",), "pod CIDR fd00:244::/40 overlaps fd00:244:ff::/64 of peer p00144"),
+    }
+    for j in range(50):
+        k = 7 * j
+        sub = f"10.{k // 256}.{k % 256}.128/25"
+        owner = "a-wide" if 256 <= k < 384 else f"p{399 - k:05d}"
+        whose = "10.1.0.0/17" if owner == "a-wide" else f"10.{k // 256}.{k % 256}.0/24"
+        extra[f"zz-sub-{j:02d}"] = ((sub,), f"pod CIDR {sub} overlaps {whose} of peer {owner}")
+        dup = str(ipaddress.ip_network(f"fd00:244:{j:x}::/64"))
+        extra[f"zz-dup-{j:02d}"] = ((dup,), f"pod CIDR {dup} overlaps {dup} of peer p{399 - j:05d}")
+    peers += [
+        Peer(name, (f"192.168.200.{n + 1}", f"fd00:1::2:{n + 1:x}"), cidrs)
+        for n, (name, (cidrs, _)) in enumerate(extra.items())
+    ]
+    expected = {name: f"peer {name}: {why}: skipped" for name, (_, why) in extra.items() if why}
+    for i in range(16, 144):  # their v4 /24 numbered 383..256 lies in a-wide's /17
+        k = 399 - i
+        expected[f"p{i:05d}"] = (
+            f"peer p{i:05d}: pod CIDR 10.1.{k % 256}.0/24 overlaps 10.1.0.0/17 of peer a-wide: skipped"
+        )
+    desired, problems = plan("self", reversed(peers), WIDE)
+    assert problems == [expected[name] for name in sorted(expected)]
+    assert len(desired) == 1 + 400 + 400 - 128
