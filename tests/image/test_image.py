@@ -22,13 +22,13 @@ import json
 import os
 import shutil
 import subprocess
-import time
 
 import pytest
 import yaml
 
 from sim.topology import VENV_BIN, Cluster, run_in
 from tests.harness.fakeapi import FakeApiServer, make_node
+from tests.harness.waiting import wait_for
 
 VERSION = "0.1.0"
 IMAGE = os.environ.get("XDPCNI_IMAGE", f"localhost/xdpcni:{VERSION}")
@@ -39,16 +39,6 @@ NAME = f"xdpcni-test-image-{os.getpid()}"
 
 def _podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, check=check)
-
-
-def _wait(cond, timeout: float, what: str, log=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{log()}")
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +172,7 @@ def _cni(node, dirs, socket, command: str, netns_path: str, cid: str) -> subproc
 def test_container_installs_the_plugin_then_the_conflist(node_in_container):
     cluster, api, node, dirs, socket = node_in_container
     conflist = os.path.join(dirs["conf"], "00-xdpcni.conflist")
-    _wait(lambda: os.path.exists(conflist), 180, "the conflist in the host conf dir", _logs)
+    wait_for(lambda: os.path.exists(conflist), 180, "the conflist in the host conf dir", log=_logs)
     exe = os.path.join(dirs["bin"], "xdpcni")
     assert os.access(exe, os.X_OK)
     assert os.stat(exe).st_mtime <= os.stat(conflist).st_mtime, "conflist written before the executable"
@@ -191,21 +181,21 @@ def test_container_installs_the_plugin_then_the_conflist(node_in_container):
     ipam = conf["plugins"][0]["ipam"]
     subnets = [r[0]["subnet"] for r in ipam["ranges"]]
     assert subnets == [str(node.cidr4), str(node.cidr6)]
-    _wait(lambda: _healthz(node) == 200, 30, "/healthz 200", _logs)
-    _wait(
+    wait_for(lambda: _healthz(node) == 200, 30, "/healthz 200", log=_logs)
+    wait_for(
         lambda: any(
             c["type"] == "NetworkUnavailable" and c["status"] == "False"
             for c in api.node(node.name)["status"]["conditions"]
         ),
         30,
         "NetworkUnavailable=False",
-        _logs,
+        log=_logs,
     )
 
 
 def test_add_into_a_netns_created_after_the_container_started(node_in_container):
     cluster, api, node, dirs, socket = node_in_container
-    _wait(lambda: os.path.exists(os.path.join(dirs["conf"], "00-xdpcni.conflist")), 180, "conflist", _logs)
+    wait_for(lambda: os.path.exists(os.path.join(dirs["conf"], "00-xdpcni.conflist")), 180, "conflist", log=_logs)
     ns = f"{cluster.prefix}-late-pod"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     cluster.namespaces.append(ns)  # removed at teardown, also on failure

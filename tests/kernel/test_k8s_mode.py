@@ -34,9 +34,11 @@ from pyroute2 import netns
 from datapath.pins import PinLayout
 from node.k8s import RBAC_RULES
 from sim import processes
+from sim.agent import NodeAgent
 from sim.packets import udp_exchange
-from sim.topology import VENV_BIN, Cluster, _no_dad, run_in
+from sim.topology import Cluster, _no_dad, run_in
 from tests.harness.fakeapi import FakeApiServer, make_node
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 HOST_PYTHON = "/usr/bin/python3"
@@ -45,35 +47,17 @@ POD_MTU = {"n0": 1500, "n1": 3506, "n2": 1460}
 FAR = make_node("far", ["203.0.113.7"], ["198.19.77.0/24"])  # not on any node's L2 segment
 
 
-def wait_for(cond, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class Agent:
+class Agent(NodeAgent):
     """`xdpcnictl agent --kubernetes` for one simulated node, stopped by PID."""
 
     def __init__(self, env, node, tag: str):
-        self.node = node
-        self.log_path = os.path.join(node.data_dir, f"k8s-agent-{tag}.log")
-        self.log = open(self.log_path, "w+")  # noqa: SIM115 - closed by stop()
-        self.proc = subprocess.Popen(
-            [
-                "nsenter",
-                f"--net=/var/run/netns/{node.ns}",
-                os.path.join(VENV_BIN, "xdpcnictl"),
-                "--root",
-                node.pin_root,
-                "--config",
-                env.config[node.name],
-                "agent",
-                "--socket",
-                env.socket(node),
+        super().__init__(
+            node,
+            tag=f"k8s-{tag}",
+            socket=env.socket(node),
+            wait=False,
+            global_args=["--config", env.config[node.name]],
+            args=[
                 "--kubernetes",
                 "--kubeconfig",
                 env.kubeconfig[node.name],
@@ -84,25 +68,10 @@ class Agent:
                 "--cni-conf-dir",
                 env.conf_dir(node),
             ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
         )
 
-    def text(self) -> str:
-        with open(self.log_path) as fh:
-            return fh.read()
-
     def wait_log(self, text: str, timeout: float = 60.0) -> str:
-        try:
-            return wait_for(lambda: text in self.text() and self.text(), timeout, repr(text))
-        except AssertionError:
-            raise AssertionError(
-                f"{text!r} not in {self.node.name}'s agent log:\n{self.text()[-3000:]}"
-            ) from None
-
-    def stop(self) -> None:
-        processes.stop(self.proc)
-        self.log.close()
+        return super().wait_log(text, timeout=timeout)
 
 
 class Env:

@@ -11,7 +11,6 @@ in the pod address space are left alone; a peer that is not on-link is reported 
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 import time
 
@@ -20,8 +19,9 @@ import pytest
 from datapath.abi import Reason
 from datapath.stats import Stats
 from sim import processes
+from sim.agent import NodeAgent
 from sim.packets import forwarded, udp_exchange
-from sim.topology import VENV_BIN, Cluster, run_in
+from sim.topology import Cluster, run_in
 
 pytestmark = pytest.mark.kernel
 N = 20
@@ -142,40 +142,10 @@ def test_a_restart_deletes_nothing(cluster):
     assert {f: routes(n0, f) for f in (4, 6)} == before
 
 
-def _start_agent(node, tag: str):
-    log_path = os.path.join(node.data_dir, f"agent-{tag}.log")
-    os.makedirs(node.data_dir, exist_ok=True)
-    log = open(log_path, "w+")  # noqa: SIM115 - closed by _stop_agent
-    proc = subprocess.Popen(
-        [
-            "nsenter",
-            f"--net=/var/run/netns/{node.ns}",
-            os.path.join(VENV_BIN, "xdpcnictl"),
-            "--root",
-            node.pin_root,
-            "agent",
-            "--socket",
-            os.path.join(node.data_dir, f"agent-{tag}.sock"),
-            "--peers",
-            node.cluster.peers_file,
-            "--node-name",
-            node.name,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def _start_agent(node, tag: str) -> NodeAgent:
+    return NodeAgent(
+        node, tag=tag, args=["--peers", node.cluster.peers_file, "--node-name", node.name], wait=False
     )
-    return proc, log, log_path
-
-
-def _wait_log(log_path: str, text: str, count: int = 1, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with open(log_path) as fh:
-            content = fh.read()
-        if content.count(text) >= count:
-            return content
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} x{count} not in the agent log: {content[-1500:]}")
 
 
 def test_the_agent_follows_the_file_and_its_restart_deletes_nothing(cluster, restore):
@@ -184,25 +154,24 @@ def test_the_agent_follows_the_file_and_its_restart_deletes_nothing(cluster, res
     agents = []
     try:
         for tag in ("first", "second"):  # start, stop, start again: a restart
-            proc, log, path = _start_agent(n0, tag)
-            agents.append((proc, log))
-            _wait_log(path, "routes: 0 added, 0 changed, 0 removed, 4 kept")
-            processes.stop(proc)
+            agent = _start_agent(n0, tag)
+            agents.append(agent)
+            agent.wait_log("routes: 0 added, 0 changed, 0 removed, 4 kept")
+            agent.stop()
     finally:
         events = mon.stop()
-        for proc, log in agents:
-            processes.stop(proc)
-            log.close()
+        for agent in agents:
+            agent.stop()
     assert events == [], f"starting the agent touched routes: {events}"
 
-    proc, log, path = _start_agent(n0, "third")
+    agent = _start_agent(n0, "third")
     try:
-        _wait_log(path, "routes: 0 added, 0 changed, 0 removed, 4 kept")
+        agent.wait_log("routes: 0 added, 0 changed, 0 removed, 4 kept")
         cluster.write_peers([n.peer_entry() for n in cluster.nodes if n is not n2])
-        _wait_log(path, "routes: 0 added, 0 changed, 2 removed, 2 kept")
+        agent.wait_log("routes: 0 added, 0 changed, 2 removed, 2 kept")
         assert ours(n0) == expected(cluster, n0, without={"n2"})
         cluster.write_peers()
-        _wait_log(path, "routes: 2 added, 0 changed, 0 removed, 2 kept")
+        agent.wait_log("routes: 2 added, 0 changed, 0 removed, 2 kept")
         assert ours(n0) == expected(cluster, n0)
         # a peer's new address is a replace in place, never a delete
         moved = [n.peer_entry() for n in cluster.nodes]
@@ -210,7 +179,7 @@ def test_the_agent_follows_the_file_and_its_restart_deletes_nothing(cluster, res
         mon = RouteMonitor(n0)
         try:
             cluster.write_peers(moved)
-            _wait_log(path, "routes: 0 added, 1 changed, 0 removed, 3 kept")
+            agent.wait_log("routes: 0 added, 1 changed, 0 removed, 3 kept")
         finally:
             events = mon.stop()
         assert [e for e in events if e.startswith("Deleted")] == [] and len(events) == 1, events
@@ -218,11 +187,10 @@ def test_the_agent_follows_the_file_and_its_restart_deletes_nothing(cluster, res
         # a half-written (empty) file changes nothing
         with open(cluster.peers_file, "w"):
             pass
-        _wait_log(path, "not applied, routes left as they are")
+        agent.wait_log("not applied, routes left as they are")
         assert f"{n2.cidr4} via 198.18.0.99" in ours(n0)
     finally:
-        processes.stop(proc)
-        log.close()
+        agent.stop()
 
 
 def test_routes_of_another_protocol_are_left_alone(cluster, restore):

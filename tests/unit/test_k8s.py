@@ -14,16 +14,11 @@ import pytest
 from node import k8s
 from node.routes import Peer
 from tests.harness.fakeapi import FakeApiServer, make_node, merge_patch, strategic_merge_patch
+from tests.harness.waiting import wait_for as _wait_for
 
 
 def wait_for(cond, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return _wait_for(cond, timeout, what, interval=0.02)
 
 
 # ---- pure parts ----

@@ -1,0 +1,23 @@
+"""Polling with a deadline, for tests that wait on the kernel, an agent or a container."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def wait_for(
+    cond: Callable[[], object],
+    timeout: float = 30.0,
+    what: str = "condition",
+    interval: float = 0.05,
+    log: Callable[[], str] = lambda: "",
+):
+    """`cond()`'s first truthy value; AssertionError naming `what` (and `log()`) after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{log()}".rstrip())
