@@ -136,6 +136,8 @@ def _lib() -> ct.CDLL:
     lib.bpf_map_lookup_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
     lib.bpf_map_delete_elem.argtypes = [ct.c_int, ct.c_void_p]
     lib.bpf_map_get_next_key.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    lib.bpf_map_lookup_batch.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.c_void_p]
+    lib.bpf_map_lookup_batch.argtypes += [ct.POINTER(ct.c_uint32), ct.c_void_p]
     lib.bpf_obj_get_info_by_fd.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
     lib.bpf_prog_test_run_opts.argtypes = [ct.c_int, ct.POINTER(BpfTestRunOpts)]
     lib.bpf_enable_stats.argtypes = [ct.c_int]
@@ -201,6 +203,23 @@ def map_keys(fd: int, key_type):
             _check(ret, "bpf_map_get_next_key")
         yield nxt
         cur = nxt
+
+
+def map_items_batch(fd: int, key_type, value_type, max_entries: int) -> list:
+    """Every (key, value) of a hash map in one BPF_MAP_LOOKUP_BATCH call (kernel >= 5.6) instead
+    of two syscalls per entry: what a scan of a thousand-endpoint map on every ADD needs."""
+    keys = (key_type * max_entries)()
+    values = (value_type * max_entries)()
+    token = (ct.c_uint8 * 64)()  # opaque batch position (a u32 bucket for hash maps)
+    count = ct.c_uint32(max_entries)
+    ret = _lib().bpf_map_lookup_batch(fd, None, ct.byref(token), keys, values, ct.byref(count), None)
+    if ret < 0 and (ct.get_errno() or -ret) != errno.ENOENT:  # ENOENT: the whole map was read
+        _check(ret, "bpf_map_lookup_batch")
+    kb, vb, ks, vs = bytes(keys), bytes(values), ct.sizeof(key_type), ct.sizeof(value_type)
+    return [
+        (key_type.from_buffer_copy(kb, i * ks), value_type.from_buffer_copy(vb, i * vs))
+        for i in range(count.value)
+    ]
 
 
 def map_info(fd: int) -> BpfMapInfo:

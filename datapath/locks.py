@@ -20,6 +20,7 @@ import contextvars
 import errno
 import fcntl
 import os
+import threading
 import time
 from contextlib import contextmanager
 
@@ -98,6 +99,39 @@ def flocked(
     Raises LockTimeout at the deadline. With remove=True the lock file is unlinked on exit."""
     timeout = current_timeout() if timeout is None else timeout
     start = time.monotonic()
+    with _threads_in_turn(path, what, timeout), _flocked(path, what, timeout, start, remove, is_dir):
+        yield
+
+
+# Threads of one process (the node agent serves verbs concurrently) first queue on an in-process
+# lock per path: a release wakes the next thread at once instead of leaving it to poll flock with
+# a growing sleep (up to 50 ms: a hundred ADDs at once waited mostly on those sleeps). The flock
+# below still excludes other processes (and stays the correctness guarantee).
+_REGISTRY = threading.Lock()
+_THREAD_LOCKS: dict[str, list] = {}  # path -> [threading.Lock, users]
+
+
+@contextmanager
+def _threads_in_turn(path: str, what: str, timeout: float):
+    with _REGISTRY:
+        entry = _THREAD_LOCKS.setdefault(path, [threading.Lock(), 0])
+        entry[1] += 1
+    try:
+        if not entry[0].acquire(timeout=max(timeout, 0)):
+            raise LockTimeout(what, path, timeout, f"another thread of this process (pid {os.getpid()})")
+        try:
+            yield
+        finally:
+            entry[0].release()
+    finally:
+        with _REGISTRY:
+            entry[1] -= 1
+            if entry[1] == 0 and _THREAD_LOCKS.get(path) is entry:
+                del _THREAD_LOCKS[path]
+
+
+@contextmanager
+def _flocked(path: str, what: str, timeout: float, start: float, remove: bool, is_dir: bool):
     if not is_dir:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     delay = 0.002

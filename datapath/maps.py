@@ -13,6 +13,9 @@ class DatapathNotLoaded(RuntimeError):
     """The pinned maps are not there: the node datapath has not been loaded."""
 
 
+BPF_MAP_TYPE_HASH = 1
+
+
 class PinnedMap:
     def __init__(self, layout: PinLayout, name: str):
         self.name = name
@@ -61,6 +64,9 @@ class PinnedMap:
         return iter(self.keys())
 
     def items(self):
+        spec = abi.MAP_SPECS.get(self.name)
+        if spec is not None and spec[0] == BPF_MAP_TYPE_HASH:  # one syscall, not two per entry
+            return libbpf.map_items_batch(self.fd, self.key_type, self.value_type, spec[1])
         out = []
         for k in self.keys():
             v = self.get(k)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install xdpcni on this node the way a kubelet's runtime expects it:
-#   /opt/cni/bin/xdpcni                 the plugin (a launcher into this checkout's venv)
+#   /opt/cni/bin/xdpcni                 the plugin (the lean client, cni/client.py, on this venv's python)
 #   /opt/cni/bin/xdpcnictl              the operator tool
 #   /etc/cni/net.d/10-xdpcni.conflist   network config (kept if it exists)
 #   /etc/xdpcni/xdpcni.yaml             node config: set `nic:` to the node's uplink (kept if it exists)
@@ -31,16 +31,15 @@ fi
 
 [ -x "$PY" ] || { echo "install: run 'make setup' first (no venv at $HERE/.venv)" >&2; exit 1; }
 mkdir -p "$BIN" "$NETD" "$ETC"
-for tool in xdpcni:cni.main xdpcnictl:node.ctl; do
-  name=${tool%%:*}; module=${tool#*:}
-  cat > "$BIN/$name.tmp" <<LAUNCHER
+# The plugin: the lean client (cni/client.py) under the venv's python3 -I -S, no shell in between.
+"$PY" -c 'import sys; from cni.client import write_launcher; write_launcher(sys.argv[1])' "$BIN/xdpcni"
+cat > "$BIN/xdpcnictl.tmp" <<LAUNCHER
 #!/bin/sh
-# xdpcni launcher (scripts/install.sh): runs $module from $HERE
-exec "$PY" -m $module "\$@"
+# xdpcni launcher (scripts/install.sh): runs node.ctl from $HERE
+exec "$PY" -m node.ctl "\$@"
 LAUNCHER
-  chmod 0755 "$BIN/$name.tmp"
-  mv -f "$BIN/$name.tmp" "$BIN/$name"
-done
+chmod 0755 "$BIN/xdpcnictl.tmp"
+mv -f "$BIN/xdpcnictl.tmp" "$BIN/xdpcnictl"
 say "installed $BIN/xdpcni and $BIN/xdpcnictl"
 if [ ! -e "$NETD/10-xdpcni.conflist" ]; then
   install -m 0644 conf/10-xdpcni.conflist "$NETD/10-xdpcni.conflist"

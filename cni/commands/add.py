@@ -62,6 +62,7 @@ def _allocate(conf: NetConf, env: CniEnv, undo: ExitStack) -> list[str]:
                 env.container_id,
                 env.ifname,
                 claim=lambda ip: claim(ip) is None,
+                check_owner=False,  # no record (checked under the attachment lock): no leases
             )
             undo.callback(release_ipam, conf, env, env.container_id, env.ifname, conf.ipam.type)
             return ips

@@ -16,14 +16,17 @@ def allocate(
     container_id: str,
     ifname: str,
     claim: Callable[[str], bool] | None = None,
+    check_owner: bool = True,
 ) -> list[str]:
     """Reserve one address in every range set for (container_id, ifname); returns them.
 
     `claim(ip)` (node-wide, cni/claims.py) is asked after each reservation; an address it refuses
-    (live on this node for another network) is given back and the next one tried."""
+    (live on this node for another network) is given back and the next one tried.
+    check_owner=False skips reading every lease to refuse an owner that holds addresses already
+    (ADD knows from the attachment record, which outlives its leases)."""
     got: list[str] = []
     with store.locked():
-        if store.owned_by(container_id, ifname):
+        if check_owner and store.owned_by(container_id, ifname):
             raise CniError(ALREADY_EXISTS, f"{container_id}/{ifname} already holds addresses: DEL it first")
         try:
             for idx, rs in enumerate(range_sets):
@@ -50,7 +53,7 @@ def _allocate_one(
             after = ipaddress.ip_address(last)
         except ValueError:
             after = None
-    taken = store.leases()
+    taken = store.addresses()
     elsewhere = 0
     for ip in rs.candidates(after):
         s = str(ip)

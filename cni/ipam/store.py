@@ -84,6 +84,19 @@ class LeaseStore:
             out[name] = parse_owner(raw)
         return out
 
+    def addresses(self) -> set[str]:
+        """Every leased address, readable owner or not (names only: no file is read)."""
+        if not os.path.isdir(self.dir):
+            return set()
+        out = set()
+        for name in os.listdir(self.dir):
+            try:
+                ipaddress.ip_address(name)
+            except ValueError:
+                continue
+            out.add(name)
+        return out
+
     def unreadable(self) -> list[str]:
         return sorted(os.path.join(self.dir, ip) for ip, owner in self.leases().items() if owner is None)
 
