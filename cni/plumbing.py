@@ -1,4 +1,5 @@
-"""The pod's network plumbing: netlink through datapath/rtnl.py (no pyroute2 on ADD/DEL).
+"""The pod's network plumbing: netlink through datapath/rtnl.py (pyroute2's message classes over
+our own socket: no forked netns helper, one batch per namespace on ADD/DEL).
 
 Shape (as the reference ptp plugin, with link-local gateways as Calico/Cilium do):
   pod ns:  eth0  <addr>/32, <addr6>/128; gateway 169.254.1.1 / fe80::1 with *permanent* neighbour

@@ -13,8 +13,9 @@ Each connection is served by its own thread: a slow verb (waiting for a lock) or
 malformed connection never holds up the others. Verbs serialise where they must through their
 own locks (per attachment, per network, per datapath; flock locks exclude threads as they
 exclude processes), and no verb changes the thread's network namespace (a pod namespace's
-netlink socket is opened by a short-lived thread of its own, datapath/rtnl.py: no fork). A malformed message gets an error object on its
-own connection and is logged; the agent keeps serving. The agent must run in the node's network
+netlink socket is opened by a short-lived thread of its own, datapath/rtnl.py: no fork; its
+messages are pyroute2's). A malformed message gets an error object on its own connection and is
+logged; the agent keeps serving. The agent must run in the node's network
 namespace; a client from another namespace is told to fall back.
 """
 

@@ -195,7 +195,9 @@ def test_container_installs_the_plugin_then_the_conflist(node_in_container):
 
 def test_add_into_a_netns_created_after_the_container_started(node_in_container):
     cluster, api, node, dirs, socket = node_in_container
-    wait_for(lambda: os.path.exists(os.path.join(dirs["conf"], "00-xdpcni.conflist")), 180, "conflist", log=_logs)
+    wait_for(
+        lambda: os.path.exists(os.path.join(dirs["conf"], "00-xdpcni.conflist")), 180, "conflist", log=_logs
+    )
     ns = f"{cluster.prefix}-late-pod"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     cluster.namespaces.append(ns)  # removed at teardown, also on failure
