@@ -158,7 +158,7 @@ def _hooks(state, root: str) -> dict:
     from datapath import attach
     from datapath.maps import PinnedMap
 
-    out = {"nic": None, "pod_egress": {"tc_pod": 0, "without": 0}, "pod_eth0": "xdp_pod (in each pod)"}
+    out = {"nic": None, "pod_egress": {"tc_pod": 0, "without": 0}, "pod_eth0": "GRO (veth NAPI, in each pod)"}
     with IPRoute() as ipr:
         if state is not None:
             try:

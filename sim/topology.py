@@ -33,6 +33,7 @@ from datapath import pod as pod_dp
 from datapath.endpoints import Endpoint, EndpointTable
 from datapath.netns import entered
 from datapath.pins import LOCK_DIR, RUN_DIR, PinLayout
+from datapath.rtnl import Rtnl
 
 TEST_PIN_BASE = "/sys/fs/bpf/xdpcni-test"
 TEST_DATA_BASE = "/run/xdpcni-test"  # CNI dataDir (leases, attachment records) per node
@@ -217,8 +218,12 @@ class Node:
             )
             plumbing.configure_pod_side(f"/var/run/netns/{ns}", link, ips)
             plumbing.configure_host_side(ipr, link, ips)
-            with IPRoute(netns=f"/var/run/netns/{ns}") as pod_ipr:
-                pod_dp.attach_pod_side(pod_ipr, self.pin_root, link.pod_ifindex)
+            nsfd = plumbing.open_netns(f"/var/run/netns/{ns}")
+            try:
+                with Rtnl(nsfd) as pod_nl:
+                    pod_dp.attach_pod_side_nl(pod_nl, link.pod_ifname)
+            finally:
+                os.close(nsfd)
             pod_dp.attach_host_side(ipr, self.pin_root, link.host_ifindex)
             with EndpointTable(self.pin_root) as table:
                 pod.ep = table.add(Endpoint(link.host_ifindex, link.pod_mac, link.host_mac, ips))

@@ -185,7 +185,7 @@ def _add(env: CniEnv, conf: NetConf) -> dict:
                 plumbing.configure_host(nl, link, ips)
                 testhook.step("host-side")
 
-                pod_dp.attach_pod_side_nl(pod_nl, root, link.pod_ifindex)
+                pod_dp.attach_pod_side_nl(pod_nl, link.pod_ifname)
                 pod_dp.attach_host_side_nl(nl, root, link.host_ifindex)
                 testhook.step("programs")
 

@@ -6,11 +6,12 @@ reconciles them as drop_xdp_lost (here on the node's row: the NIC's receive path
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
-from pyroute2 import IPRoute
 
-from datapath import attach
+from datapath import pod as pod_dp
+from datapath.rtnl import Rtnl
 from sim.frames import wire_to
 from sim.packets import send_frames
 from sim.topology import Cluster
@@ -24,8 +25,12 @@ def test_redirects_lost_in_the_veth_are_reconciled_in_stats():
         node = cluster.nodes[0]
         node.load("xdp")
         pod = node.add_pod()
-        with IPRoute(netns=f"/var/run/netns/{pod.ns}") as ipr:
-            attach.detach_xdp(ipr, ipr.link_lookup(ifname="eth0")[0])  # and veth GRO is off by default
+        nsfd = os.open(f"/var/run/netns/{pod.ns}", os.O_RDONLY)
+        try:
+            with Rtnl(nsfd) as pod_nl:
+                pod_dp.set_gro(pod_nl.sock, "eth0", False)  # ADD turned it on; no XDP program there
+        finally:
+            os.close(nsfd)
         frames = [wire_to(cluster, node, pod.ip4)]
         send_frames(cluster.wire, "br0", frames, count=7)
         rows = json.loads(node.ctl("stats", "--json").stdout)
