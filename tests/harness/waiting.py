@@ -21,3 +21,18 @@ def wait_for(
             return got
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{log()}".rstrip())
+
+
+def wait_stable(read: Callable[[], object], quiet_for: float, limit: float, interval: float = 0.1):
+    """`read()`'s value once it has not changed for `quiet_for` s (or its last value after
+    `limit` s): for counters that background housekeeping (MLD, RS, DAD) still moves."""
+    end = time.monotonic() + limit
+    last, since = read(), time.monotonic()
+    while time.monotonic() < end:
+        time.sleep(interval)
+        cur = read()
+        if cur != last:
+            last, since = cur, time.monotonic()
+        elif time.monotonic() - since >= quiet_for:
+            break
+    return last

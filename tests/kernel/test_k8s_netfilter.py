@@ -331,6 +331,16 @@ def on_respect(cluster, traffic):
     return out
 
 
+def both_paths(cluster, traffic, node, pod):
+    """Conntrack flushed, `traffic()` with the gate respecting netfilter (what it moved on `pod`'s
+    row of `node` counted), then on the kernel path: (respect outcome, moved, kernel outcome)."""
+    flush_conntrack(cluster)
+    m = Moved(node, pod)
+    respect = on_respect(cluster, traffic)
+    moved = m()
+    return respect, moved, on_kernel_path(cluster, traffic)
+
+
 def invalid_drops(cluster) -> int:
     """Packets the `ct state invalid drop` rules dropped, all nodes."""
     n = 0
@@ -421,11 +431,7 @@ def test_pod_reaching_its_own_service_hairpin(k8s, family):
         return service_traffic(pod.ns, vip, pod.ns, family)
 
     with rules(n0, family, ruleset, blackhole=vip):
-        flush_conntrack(c)
-        m = Moved(n0, pod)
-        respect = on_respect(c, traffic)
-        moved = m()
-        kernel = on_kernel_path(c, traffic)
+        respect, moved, kernel = both_paths(c, traffic, n0, pod)
     assert respect == want, f"respect: {respect}, kernel path: {kernel}"
     assert kernel == want
     assert_all_via_stack(moved, "hairpin pod")
@@ -459,11 +465,7 @@ def test_node_port_external_traffic_policy_local(k8s, family):
         return tcp_transfer(c.wire, ip(n0, family), NODE_PORT, backend.ns, TARGET_PORT, timeout=timeout)
 
     with rules(n0, family, node_port(family, ip(backend, family), masquerade=False)):
-        flush_conntrack(c)
-        m = Moved(n0, backend)
-        respect = on_respect(c, traffic)
-        moved = m()
-        kernel = on_kernel_path(c, traffic)
+        respect, moved, kernel = both_paths(c, traffic, n0, backend)
         broken = gate_off_outcome(c, lambda: traffic(BROKEN_TIMEOUT)) if family == 4 else None
     assert respect == want, f"respect: {respect}, kernel path: {kernel}"
     assert kernel == want
@@ -486,11 +488,7 @@ def test_node_port_external_traffic_policy_cluster(k8s, family, where):
         return tcp_transfer(c.wire, ip(n0, family), NODE_PORT, backend.ns, TARGET_PORT)
 
     with rules(n0, family, node_port(family, ip(backend, family), masquerade=True)):
-        flush_conntrack(c)
-        m = Moved(bnode, backend)
-        respect = on_respect(c, traffic)
-        moved = m()
-        kernel = on_kernel_path(c, traffic)
+        respect, moved, kernel = both_paths(c, traffic, bnode, backend)
     assert respect == want, f"respect: {respect}, kernel path: {kernel}"
     assert kernel == want
     if where == "same-node":
@@ -531,11 +529,7 @@ def test_host_port(k8s, family, source):
         return tcp_transfer(client_ns, ip(n0, family), HOST_PORT, backend.ns, TARGET_PORT, timeout=timeout)
 
     with rules(n0, family, host_port(family, ip(backend, family))):
-        flush_conntrack(c)
-        m = Moved(n0, backend)
-        respect = on_respect(c, traffic)
-        moved = m()
-        kernel = on_kernel_path(c, traffic)
+        respect, moved, kernel = both_paths(c, traffic, n0, backend)
         broken = None
         if source == "pod-same-node" and family == 4:
             broken = gate_off_outcome(c, lambda: traffic(BROKEN_TIMEOUT))
@@ -568,11 +562,7 @@ def test_masquerade_pod_to_wire_host(k8s, family):
         return tcp_transfer(pod.ns, WIRE_HOST[family], 47300, c.wire, 47300, up=BULK, down=BULK)
 
     with rules(n0, family, pod_masquerade(n0, family)):
-        flush_conntrack(c)
-        m = Moved(n0, pod)
-        respect = on_respect(c, traffic)
-        moved = m()
-        kernel = on_kernel_path(c, traffic)
+        respect, moved, kernel = both_paths(c, traffic, n0, pod)
         broken = gate_off_outcome(c, traffic) if family == 4 else None
     assert respect == want, f"respect: {respect}, kernel path: {kernel}"
     assert kernel == want
@@ -596,11 +586,7 @@ def test_masquerade_wire_host_to_pod(k8s, family):
         return tcp_transfer(c.wire, ip(pod, family), 47301, pod.ns, 47301, up=BULK, down=BULK)
 
     with rules(n0, family, pod_masquerade(n0, family)):
-        flush_conntrack(c)
-        m = Moved(n0, pod)
-        respect = on_respect(c, traffic)
-        moved = m()
-        kernel = on_kernel_path(c, traffic)
+        respect, moved, kernel = both_paths(c, traffic, n0, pod)
     assert respect == want, f"respect: {respect}, kernel path: {kernel}"
     assert kernel == want
     assert moved.get(Reason.PASS_NAT, 0) == 0, moved

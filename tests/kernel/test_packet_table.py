@@ -46,6 +46,7 @@ from datapath.stats import NODE_EP_ID, Stats
 from sim.netfilter import nft
 from sim.packets import capture, forwarded, send_frames
 from sim.topology import WIRE_HOST_V4, WIRE_HOST_V6, sysctl
+from tests.harness.waiting import wait_stable
 
 pytestmark = pytest.mark.kernel
 
@@ -82,15 +83,7 @@ def _node_row(node) -> dict[Reason, tuple[int, int]]:
 
 def _wait_quiet(node, quiet_for: float = 0.8, limit: float = 6.0) -> None:
     """Wait until no node-row counter moves for `quiet_for` seconds (early MLD/RS from the wire)."""
-    end = time.monotonic() + limit
-    last, since = _node_row(node), time.monotonic()
-    while time.monotonic() < end:
-        time.sleep(0.1)
-        cur = _node_row(node)
-        if cur != last:
-            last, since = cur, time.monotonic()
-        elif time.monotonic() - since >= quiet_for:
-            return
+    wait_stable(lambda: _node_row(node), quiet_for, limit)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ the rewrite, --from POD runs the pod program, and no counter of real traffic mov
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from pyroute2 import IPRoute
@@ -15,6 +14,7 @@ from datapath.netns import entered
 from node import pods
 from node import trace as tr
 from sim.topology import WIRE_HOST_V4, WIRE_HOST_V6
+from tests.harness.waiting import wait_stable
 from tests.kernel.test_packet_table import CASES, Env
 
 pytestmark = pytest.mark.kernel
@@ -44,16 +44,7 @@ def _stats(node) -> list:
 
 def _quiet_stats(node, quiet_for: float = 1.0, limit: float = 15.0) -> list:
     """Wait until no counter moves (the new pods' IPv6 housekeeping settles)."""
-    end = time.monotonic() + limit
-    last, since = _stats(node), time.monotonic()
-    while time.monotonic() < end:
-        time.sleep(0.25)
-        cur = _stats(node)
-        if cur != last:
-            last, since = cur, time.monotonic()
-        elif time.monotonic() - since >= quiet_for:
-            break
-    return last
+    return wait_stable(lambda: _stats(node), quiet_for, limit, interval=0.25)
 
 
 @pytest.fixture(scope="module")
