@@ -323,8 +323,23 @@ def _no_agent(environ: "dict[str, str]", stdin: bytes) -> "tuple[int, str]":
     )
 
 
+_ANSWERED_HERE = False  # main() ran no product code: run() may skip the interpreter's finalization
+
+
+def run() -> None:
+    """The executable's entry point: main(), then exit with its code. When the answer came from
+    the agent (or VERSION was answered here) nothing needs finalizing: everything went out with
+    unbuffered posix.write, so the process ends with _exit() and skips the interpreter's
+    teardown (~1.6 ms of the runtime's wait on this machine)."""
+    rc = main()
+    if _ANSWERED_HERE:
+        posix._exit(rc)
+    sys.exit(rc)
+
+
 def main(argv: "list[str] | None" = None) -> int:
     """The executable: VERSION here, other verbs through the agent, else in this process."""
+    global _ANSWERED_HERE
     argv = sys.argv[1:] if argv is None else argv
     fs = sys.getfilesystemencoding()
     environ = {
@@ -339,6 +354,7 @@ def main(argv: "list[str] | None" = None) -> int:
         return product.main(argv)
     stdin = b"" if command == "VERSION" and posix.isatty(0) else _read_stdin()
     reply = None
+    product_ran = False
     if command == "VERSION":
         rc, stdout = 0, _version(stdin)
     else:
@@ -356,8 +372,10 @@ def main(argv: "list[str] | None" = None) -> int:
                 rc, stdout = _no_agent(environ, stdin)
             else:
                 rc, stdout = product.execute(environ, stdin)
+                product_ran = True
     if stdout:
         _write(1, stdout.encode("utf-8", "surrogateescape") + b"\n")
+    _ANSWERED_HERE = not product_ran
     return rc
 
 
@@ -365,8 +383,8 @@ LAUNCHER = """#!{python} -IS
 # xdpcni CNI plugin: the lean client (cni/client.py of {checkout}), written by cni.client.write_launcher
 import sys
 sys.path.insert(0, {checkout!r})
-from cni.client import main
-sys.exit(main())
+from cni.client import run
+run()
 """
 
 
@@ -383,4 +401,4 @@ def write_launcher(dest: str, python: "str | None" = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

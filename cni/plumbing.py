@@ -28,6 +28,7 @@ GATEWAY_V6 = "fe80::1"
 NUD_PERMANENT = 0x80
 IFA_F_NODAD = 0x02
 RT_SCOPE_LINK = 253
+LOOPBACK_IFINDEX = 1  # lo in every network namespace (include/net/flow.h)
 
 
 class PlumbingError(RuntimeError):
@@ -69,7 +70,10 @@ def link_owner_ok(nl: Rtnl, idx: int, mark: str | None) -> bool:
     named like ours without any alias is a crash between creating and marking it: ours too."""
     if mark is None:
         return True
-    link = nl.get_link(index=idx)
+    return _carries_mark(nl.get_link(index=idx), mark)
+
+
+def _carries_mark(link: rtnl.Link | None, mark: str) -> bool:
     if link is None:
         return False
     if link.alias:
@@ -108,38 +112,42 @@ def create_pod_link(
     created: list | None = None,
 ) -> PodLink:
     """Create the pair with its pod end directly in the pod's namespace (IFLA_NET_NS_FD on the
-    peer: no create-then-move, no temporary name) and mark the host end as ours (ifalias).
-    `nl` is a socket in the node's namespace, `pod_nl` one in the pod's. `created` gets the
-    host ifindex appended as soon as the pair exists (the caller's rollback deletes exactly that
-    link, never a same-named other)."""
-    if pod_nl.get_link(pod_ifname) is not None:
-        raise PlumbingError(f"interface {pod_ifname} already exists in {netns_path}")
+    peer: no create-then-move, no temporary name) and mark the host end as ours (ifalias, queued
+    on `nl`: the next flush sends it; an unmarked veth with our name is ours,
+    see link_owner_ok). `nl` is a socket in the node's namespace, `pod_nl` one in the pod's.
+    `created` gets the host ifindex appended as soon as the pair exists (the caller's rollback
+    deletes exactly that link, never a same-named other). The kernel's echo of the creation
+    gives both ifindexes; lookups only where it does not echo (before Linux 6.1) or on EEXIST
+    (to say which end's name is taken)."""
     host_mac, pod_mac = rtnl.random_mac(), rtnl.random_mac()
     try:
-        nl.create_veth(host_ifname, host_mac, pod_ifname, pod_mac, netns_fd, mtu, alias=mark)
+        host = nl.create_veth(host_ifname, host_mac, pod_ifname, pod_mac, netns_fd, mtu, alias=mark)
     except NetlinkError as exc:
         if exc.code == errno.EEXIST:
+            if pod_nl.get_link(pod_ifname) is not None:
+                raise PlumbingError(f"interface {pod_ifname} already exists in {netns_path}") from exc
             raise PlumbingError(f"host interface {host_ifname} already exists") from exc
         raise
-    host = nl.get_link(host_ifname)
-    if host is None:
-        raise PlumbingError(f"host interface {host_ifname} vanished right after its creation")
+    if host is None or not host.link:
+        host = nl.get_link(host_ifname)
+        if host is None:
+            raise PlumbingError(f"host interface {host_ifname} vanished right after its creation")
     if created is not None:
         created.append(host.index)
-    nl.flush()  # the ownership mark
-    pod = pod_nl.get_link(pod_ifname)
-    if pod is None:
-        raise PlumbingError(f"interface {pod_ifname} did not appear in {netns_path}")
-    return PodLink(host_ifname, host.index, host.mac or host_mac, pod_ifname, pod.index, pod.mac or pod_mac)
+    pod_index = host.link
+    if not pod_index:
+        pod = pod_nl.get_link(pod_ifname)
+        if pod is None:
+            raise PlumbingError(f"interface {pod_ifname} did not appear in {netns_path}")
+        pod_index = pod.index
+    return PodLink(host_ifname, host.index, host.mac or host_mac, pod_ifname, pod_index, pod_mac)
 
 
 def configure_pod(pod_nl: Rtnl, link: PodLink, ips: list[str]) -> None:
     """Pod side in one batch: lo and the interface up, addresses, link-local gateways with
     permanent neighbours, default routes."""
     idx = link.pod_ifindex
-    lo = pod_nl.get_link("lo")
-    if lo is not None and not lo.flags & rtnl.IFF_UP:
-        pod_nl.set_up(lo.index)
+    pod_nl.set_up(LOOPBACK_IFINDEX)
     v4 = [a for a in ips if ipaddress.ip_address(a).version == 4]
     v6 = [a for a in ips if ipaddress.ip_address(a).version == 6]
     for a in v4:
@@ -157,16 +165,18 @@ def configure_pod(pod_nl: Rtnl, link: PodLink, ips: list[str]) -> None:
     pod_nl.flush()
 
 
-def configure_host(nl: Rtnl, link: PodLink, ips: list[str]) -> None:
+def configure_host(nl: Rtnl, link: PodLink, ips: list[str], flush: bool = True) -> None:
     """Forwarding on (per device), host routes and permanent neighbours to the pod's addresses
-    (one batch; the host end came up at creation)."""
+    (one batch; the host end came up at creation). flush=False leaves the batch queued on `nl`
+    for the caller's next flush (ADD sends it with the TC attachment: one round trip)."""
     sysctl.disable_ipv6_ra(link.host_ifname)
     sysctl.enable_forwarding(link.host_ifname)
     for a in ips:
         ip = ipaddress.ip_address(a)
         nl.replace_route(str(ip), 32 if ip.version == 4 else 128, link.host_ifindex, scope=RT_SCOPE_LINK)
         nl.replace_neigh(link.host_ifindex, str(ip), link.pod_mac)
-    nl.flush()
+    if flush:
+        nl.flush()
 
 
 def create_veth(
@@ -183,7 +193,9 @@ def create_veth(
     fd = open_netns(netns_path)
     try:
         with Rtnl() as nl, Rtnl(fd) as pod_nl:
-            return create_pod_link(nl, pod_nl, fd, netns_path, host_ifname, pod_ifname, mtu, mark, created)
+            link = create_pod_link(nl, pod_nl, fd, netns_path, host_ifname, pod_ifname, mtu, mark, created)
+            nl.flush()  # the ownership mark
+            return link
     finally:
         os.close(fd)
 
@@ -205,7 +217,7 @@ def configure_host_side(ipr, link: PodLink, ips: list[str]) -> None:
 def find_host_link(nl: Rtnl, host_ifname: str, mark: str | None = None) -> int | None:
     """ifindex of our host veth, or None when it is missing or does not carry `mark`."""
     link = nl.get_link(host_ifname)
-    if link is None or not link_owner_ok(nl, link.index, mark):
+    if link is None or (mark is not None and not _carries_mark(link, mark)):
         return None
     return link.index
 

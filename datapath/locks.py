@@ -111,14 +111,34 @@ _REGISTRY = threading.Lock()
 _THREAD_LOCKS: dict[str, list] = {}  # path -> [threading.Lock, users]
 
 
+# A server that limits how many verbs run at once (the node agent) sets this to a context manager
+# factory entered while a thread *waits* for a lock: it gives up its run slot meanwhile, so a
+# verb blocked on a lock never holds up the others (and a slot holder never waits on a lock
+# holder that waits for a slot).
+WAIT_HOOK = None
+
+
+@contextmanager
+def _waiting():
+    hook = WAIT_HOOK
+    if hook is None:
+        yield
+    else:
+        with hook():
+            yield
+
+
 @contextmanager
 def _threads_in_turn(path: str, what: str, timeout: float):
     with _REGISTRY:
         entry = _THREAD_LOCKS.setdefault(path, [threading.Lock(), 0])
         entry[1] += 1
     try:
-        if not entry[0].acquire(timeout=max(timeout, 0)):
-            raise LockTimeout(what, path, timeout, f"another thread of this process (pid {os.getpid()})")
+        if not entry[0].acquire(blocking=False):
+            with _waiting():
+                acquired = entry[0].acquire(timeout=max(timeout, 0))
+            if not acquired:
+                raise LockTimeout(what, path, timeout, f"another thread of this process (pid {os.getpid()})")
         try:
             yield
         finally:
@@ -128,6 +148,16 @@ def _threads_in_turn(path: str, what: str, timeout: float):
             entry[1] -= 1
             if entry[1] == 0 and _THREAD_LOCKS.get(path) is entry:
                 del _THREAD_LOCKS[path]
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        return False
 
 
 @contextmanager
@@ -141,18 +171,14 @@ def _flocked(path: str, what: str, timeout: float, start: float, remove: bool, i
         else:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                        raise
-                waited = time.monotonic() - start
-                if waited >= timeout:
-                    raise LockTimeout(what, path, waited, holder_of(fd))
-                time.sleep(min(delay, max(0.0, timeout - waited)))
-                delay = min(delay * 2, 0.05)
+            if not _try_flock(fd):
+                with _waiting():
+                    while not _try_flock(fd):
+                        waited = time.monotonic() - start
+                        if waited >= timeout:
+                            raise LockTimeout(what, path, waited, holder_of(fd))
+                        time.sleep(min(delay, max(0.0, timeout - waited)))
+                        delay = min(delay * 2, 0.05)
         except BaseException:
             os.close(fd)
             raise

@@ -13,7 +13,7 @@ Each connection is served by its own thread: a slow verb (waiting for a lock) or
 malformed connection never holds up the others. Verbs serialise where they must through their
 own locks (per attachment, per network, per datapath; flock locks exclude threads as they
 exclude processes), and no verb changes the thread's network namespace (a pod namespace's
-netlink socket is opened by a short-lived thread of its own, datapath/rtnl.py: no fork; its
+netlink socket is made by a helper thread that setns()es there, datapath/rtnl.py: no fork; its
 messages are pyroute2's). A malformed message gets an error object on its own connection and is
 logged; the agent keeps serving. The agent must run in the node's network
 namespace; a client from another namespace is told to fall back.
@@ -110,11 +110,15 @@ def _serve_one(conn: socket.socket, own_netns: int, log) -> None:
         client.send_msg(conn, {"fallback": "client is in another network namespace"})
         return
     env = {k: v for k, v in req["env"].items() if k.startswith("CNI_")}
-    t0 = time.monotonic()
-    with _STDERR.captured() as err:
+    arrived = time.monotonic()
+    with _SLOTS.held(), _STDERR.captured() as err:
+        t0 = time.monotonic()
         rc, stdout = execute(env, req.get("stdin", "").encode(errors="surrogateescape"))
-    elapsed = time.monotonic() - t0
-    log(f"{env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} rc={rc} {elapsed * 1000:.1f}ms")
+        elapsed = time.monotonic() - t0
+    log(
+        f"{env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} rc={rc} {elapsed * 1000:.1f}ms "
+        f"(waited {(t0 - arrived) * 1000:.1f}ms for its turn)"
+    )
     if _VERBS is not None:
         _VERBS.observe(env.get("CNI_COMMAND", "?"), _code(rc, stdout), elapsed)
     conn.settimeout(REQUEST_TIMEOUT)
@@ -125,6 +129,86 @@ def _serve_one(conn: socket.socket, own_netns: int, log) -> None:
 
 
 _VERBS = None  # node.metrics.VerbMetrics when the agent serves metrics
+
+
+class RunSlots:
+    """At most `n` verbs run at once; the others wait their turn in arrival order of the
+    kernel's wake-ups. Verbs are CPU-bound Python (one GIL), so running a hundred at once only
+    interleaves them: measured with 100 ADDs launched at once, 1 slot finished them sooner than
+    4 or 100 (bench/cnibench.py). A verb waiting for a lock gives its slot up meanwhile
+    (datapath.locks.WAIT_HOOK), so a slow lock holder never stalls the verbs that do not need
+    that lock."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.sem = threading.Semaphore(n)
+        self.local = threading.local()
+
+    @contextlib.contextmanager
+    def held(self):
+        self.sem.acquire()
+        self.local.holding = True
+        try:
+            yield
+        finally:
+            self.local.holding = False
+            self.sem.release()
+
+    @contextlib.contextmanager
+    def released_while_waiting(self):
+        if not getattr(self.local, "holding", False):
+            yield
+            return
+        self.local.holding = False
+        self.sem.release()
+        try:
+            yield
+        finally:
+            self.sem.acquire()
+            self.local.holding = True
+
+
+DEFAULT_RUNNING = 1
+_SLOTS = RunSlots(DEFAULT_RUNNING)
+
+
+class Reaper:
+    """Deletes pod veths after their DEL answered (cni/commands/common.py DEFER): each on a
+    thread of its own (the kernel's veth deletion mostly waits, ~35-40 ms, and the waits of many
+    overlap), which then releases the attachment's lock. stop() waits for the ones still
+    running; one the agent dies before is finished from its note (cni/pending.py)."""
+
+    def __init__(self, log):
+        self.log = log
+        self.threads: set[threading.Thread] = set()
+        self.lock = threading.Lock()
+
+    def submit(self, finish, held: contextlib.ExitStack) -> None:
+        def run() -> None:
+            try:
+                finish()
+            except Exception as exc:  # the record stays: a later DEL or GC finishes it
+                self.log(
+                    f"deleting a pod veth after DEL failed ({type(exc).__name__}: {exc}); the next DEL retries"
+                )
+            finally:
+                held.close()
+                with self.lock:
+                    self.threads.discard(threading.current_thread())
+
+        t = threading.Thread(target=run, name="xdpcni-del-finish", daemon=True)
+        with self.lock:
+            self.threads.add(t)
+        t.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            pending = list(self.threads)
+        for t in pending:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in pending):
+            self.log("stopping with pod veth deletions still running: the next agent or DEL finishes them")
 
 
 def _code(rc: int, stdout: str) -> int:
@@ -242,10 +326,17 @@ def start_liberal_marker(roots: list[str], log):
 def restore_endpoints(roots: list[str], log) -> None:
     """At start, as Cilium's agent does: every loaded datapath's maps and pod programs are made to
     match the live pods (datapath/restore.py); a datapath that cannot be restored is logged."""
+    from cni.pending import PendingDeletes
     from datapath.pins import PinLayout
     from datapath.restore import restore
 
     for root in roots:
+        try:
+            n = PendingDeletes(root).finish_orphans()
+            if n:
+                log(f"{root}: deleted {n} pod veth(s) a previous agent still owed")
+        except Exception as exc:
+            log(f"finishing owed veth deletions for {root} failed: {exc}")
         if not PinLayout(root).is_loaded():
             continue
         try:
@@ -262,9 +353,11 @@ def serve(
     peers_file: str | None = None,
     node_name: str | None = None,
     services: list | None = None,
+    running: int = 0,
 ) -> int:
     """Serve until SIGTERM. `services`: objects with start() and stop() run while the agent
-    serves, started once the socket is bound (node/k8s.py KubernetesMode)."""
+    serves, started once the socket is bound (node/k8s.py KubernetesMode). `running`: how many
+    verbs run at once (RunSlots; 0: DEFAULT_RUNNING)."""
     log = log or (lambda m: print(f"xdpcni-agent: {m}", flush=True))
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     if os.path.exists(path):
@@ -284,7 +377,14 @@ def serve(
     import cni.commands.gc
     import cni.commands.status  # noqa: F401
 
-    global _STDERR
+    global _STDERR, _SLOTS
+    from cni.commands import common as cni_common
+    from datapath import locks
+
+    _SLOTS = RunSlots(running if running > 0 else DEFAULT_RUNNING)
+    locks.WAIT_HOOK = _SLOTS.released_while_waiting
+    reaper = Reaper(log)
+    cni_common.DEFER = reaper.submit
     if not isinstance(sys.stderr, _ThreadStderr):
         sys.stderr = _ThreadStderr(sys.stderr)
     _STDERR = sys.stderr
@@ -338,6 +438,9 @@ def serve(
         pass
     finally:
         stop_watch.set()
+        reaper.stop()
+        cni_common.DEFER = None
+        locks.WAIT_HOOK = None
         cni_node.WATCHED_ROOTS.difference_update(roots)
         for svc in started:
             svc.stop()

@@ -520,6 +520,7 @@ def cmd_agent(args) -> int:
         peers_file=args.peers,
         node_name=args.node_name,
         services=services,
+        running=args.max_running or 0,
     )
 
 
@@ -725,6 +726,13 @@ def build_parser() -> argparse.ArgumentParser:
         "client and conflist from this Node's podCIDRs once ready, set NetworkUnavailable=False",
     )
     ag.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
+    ag.add_argument(
+        "--max-running",
+        type=int,
+        metavar="N",
+        help="verbs run at once; the others queue (default 1: verbs are CPU-bound Python, "
+        "and a verb waiting for a lock gives its turn up)",
+    )
     _cni_dir_args(ag)
     ag.set_defaults(func=cmd_agent)
     ic = sub.add_parser(

@@ -111,7 +111,7 @@ def _product():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
 """
 
 
@@ -140,7 +140,7 @@ def client_source() -> str:
         f"# xdpcni CNI client, installed by the xdpcni node agent (node/install.py). Generated: do not edit.\n"
         f"# cni/client.py sha256 {digest}; needs only the host's python3 (standard library).\n"
     )
-    if all(re.search(rf"^def {name}\(", src, re.M) for name in ("main", "_product")):
+    if all(re.search(rf"^def {name}\(", src, re.M) for name in ("main", "_product", "run")):
         return head + src + _HOST_MAIN
     if not re.search(r"^import os$", src, re.M):
         src += "\nimport os\n"

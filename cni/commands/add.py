@@ -6,7 +6,6 @@ why the record is written first: DEL or GC finds everything from it.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 from contextlib import ExitStack
@@ -35,49 +34,48 @@ from ..result import Interface, IPConfig, Result, Route
 from .common import attachment_locked, claim_store, forget_endpoint, lease_store, record_store, release_ipam
 
 
-def _allocate(conf: NetConf, env: CniEnv, undo: ExitStack) -> list[str]:
-    """Addresses from the IPAM, each claimed node-wide (cni/claims.py) before anything uses it.
-    Registers the undo of every allocation and claim that succeeded, and only of those."""
+def _allocate(conf: NetConf, env: CniEnv, undo: ExitStack, table: EndpointTable | None) -> list[str]:
+    """Addresses from the IPAM, each claimed node-wide (cni/claims.py) before anything uses it
+    (and refused while `table`, the loaded datapath's, has a live endpoint on it). Registers the
+    undo of every allocation and claim that succeeded, and only of those."""
     claims = claim_store(conf)
     owner = (conf.name, env.container_id, env.ifname)
     claimed: list[str] = []
     undo.callback(claims.release, claimed, owner)
-    with contextlib.ExitStack() as ctx:
-        table = ctx.enter_context(EndpointTable(conf.root)) if node.is_loaded(conf.root) else None
 
-        def claim(ip: str) -> str | None:
-            """None when `ip` is now ours; else who has it."""
-            if table is not None and table.endpoints.get(abi.EndpointKey.for_ip(ip)) is not None:
-                return "a live endpoint of this node's datapath"
-            current = claims.claim(ip, owner)
-            if current is None:
-                claimed.append(ip)
-                return None
-            return describe(current)
+    def claim(ip: str) -> str | None:
+        """None when `ip` is now ours; else who has it."""
+        if table is not None and table.endpoints.get(abi.EndpointKey.for_ip(ip)) is not None:
+            return "a live endpoint of this node's datapath"
+        current = claims.claim(ip, owner)
+        if current is None:
+            claimed.append(ip)
+            return None
+        return describe(current)
 
-        if conf.ipam.builtin:
-            ips = builtin.allocate(
-                lease_store(conf),
-                conf.ipam.range_sets,
-                env.container_id,
-                env.ifname,
-                claim=lambda ip: claim(ip) is None,
-                check_owner=False,  # no record (checked under the attachment lock): no leases
-            )
-            undo.callback(release_ipam, conf, env, env.container_id, env.ifname, conf.ipam.type)
-            return ips
-        result = delegate.call(conf.ipam.type, "ADD", {**conf.raw, "ipam": conf.ipam.raw}, env.raw, env.path)
+    if conf.ipam.builtin:
+        ips = builtin.allocate(
+            lease_store(conf),
+            conf.ipam.range_sets,
+            env.container_id,
+            env.ifname,
+            claim=lambda ip: claim(ip) is None,
+            check_owner=False,  # no record (checked under the attachment lock): no leases
+        )
         undo.callback(release_ipam, conf, env, env.container_id, env.ifname, conf.ipam.type)
-        ips = delegate.addresses(result)
-        for ip in ips:
-            holder = claim(ip)
-            if holder is not None:
-                raise CniError(
-                    ADDRESS_IN_USE,
-                    f"IPAM plugin {conf.ipam.type} gave {ip}, which is in use on this node by {holder}",
-                    "an address bound to a live pod is never given twice: make the networks' ranges disjoint",
-                )
         return ips
+    result = delegate.call(conf.ipam.type, "ADD", {**conf.raw, "ipam": conf.ipam.raw}, env.raw, env.path)
+    undo.callback(release_ipam, conf, env, env.container_id, env.ifname, conf.ipam.type)
+    ips = delegate.addresses(result)
+    for ip in ips:
+        holder = claim(ip)
+        if holder is not None:
+            raise CniError(
+                ADDRESS_IN_USE,
+                f"IPAM plugin {conf.ipam.type} gave {ip}, which is in use on this node by {holder}",
+                "an address bound to a live pod is never given twice: make the networks' ranges disjoint",
+            )
+    return ips
 
 
 def _delete_created(created: list[int]) -> None:
@@ -150,10 +148,18 @@ def _add(env: CniEnv, conf: NetConf) -> dict:
         undo.callback(records.remove, env.container_id, env.ifname)
         testhook.step("record")
 
-        ips = _allocate(conf, env, undo)
+        # One handle on the endpoint maps for the whole ADD (closed last: the stack unwinds it
+        # after the rollbacks that use it).
+        table = ExitStack()
+        undo.callback(table.close)
+        endpoints = table.enter_context(EndpointTable(root))
+        ips = _allocate(conf, env, undo, endpoints)
         _check_families(ips)
         rec.ips = ips
-        records.put(rec)
+        if not conf.ipam.builtin:
+            # A delegated IPAM's addresses are known only from here; the built-in one's leases
+            # name their owner, which is how DEL/GC find them after a crash (no write needed).
+            records.put(rec)
         testhook.step("ipam")
 
         try:
@@ -182,7 +188,7 @@ def _add(env: CniEnv, conf: NetConf) -> dict:
 
                 plumbing.configure_pod(pod_nl, link, ips)
                 testhook.step("pod-side")
-                plumbing.configure_host(nl, link, ips)
+                plumbing.configure_host(nl, link, ips, flush=False)  # sent with the TC attachment
                 testhook.step("host-side")
 
                 pod_dp.attach_pod_side_nl(pod_nl, link.pod_ifname)
@@ -190,15 +196,14 @@ def _add(env: CniEnv, conf: NetConf) -> dict:
                 testhook.step("programs")
 
                 try:
-                    with EndpointTable(root) as table:
-                        undo.callback(forget_endpoint, root, link.host_ifindex, ips)
-                        for ip in ips:  # claims make this impossible; never overwrite another pod's entry
-                            info = table.endpoints.get(abi.EndpointKey.for_ip(ip))
-                            if info is not None and info.ifindex != link.host_ifindex:
-                                raise CniError(
-                                    ADDRESS_IN_USE, f"{ip} steers to another pod (ifindex {info.ifindex})"
-                                )
-                        table.add(Endpoint(link.host_ifindex, link.pod_mac, link.host_mac, ips, flags=flags))
+                    undo.callback(forget_endpoint, root, link.host_ifindex, ips)
+                    for ip in ips:  # claims make this impossible; never overwrite another pod's entry
+                        info = endpoints.endpoints.get(abi.EndpointKey.for_ip(ip))
+                        if info is not None and info.ifindex != link.host_ifindex:
+                            raise CniError(
+                                ADDRESS_IN_USE, f"{ip} steers to another pod (ifindex {info.ifindex})"
+                            )
+                    endpoints.add(Endpoint(link.host_ifindex, link.pod_mac, link.host_mac, ips, flags=flags))
                 except EndpointTableFull as exc:
                     raise CniError(DATAPATH, str(exc)) from exc
                 testhook.step("maps")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
 
 from datapath import abi
 from datapath.endpoints import EndpointTable
@@ -20,6 +21,7 @@ from ..ipam import builtin, delegate
 from ..ipam.store import LeaseStore
 from ..locking import flocked
 from ..netconf import NetConf
+from ..pending import PendingDeletes
 from ..records import Record, RecordStore, RecordUnreadable
 
 
@@ -93,10 +95,28 @@ def release_ipam(conf: NetConf, env: CniEnv, container_id: str, ifname: str, ipa
     return []
 
 
-def teardown(conf: NetConf, env: CniEnv, container_id: str, ifname: str) -> None:
+# Set by a long-running server (the node agent) to take over the slow end of DEL: called as
+# DEFER(finish, held) where `finish` deletes the pod's veth and `held` (an ExitStack) holds the
+# attachment's lock until closed; it must run finish() and then close `held`, off the verb's
+# thread. None (a CNI process of its own): DEL does everything before it answers.
+DEFER: Callable[[Callable[[], None], ExitStack], None] | None = None
+
+
+def teardown(
+    conf: NetConf, env: CniEnv, container_id: str, ifname: str, deferrable: bool = False
+) -> Callable[[], None] | None:
     """Undo an attachment in reverse ADD order: map entries, veth (takes routes/neighbours/TC
     filters and the pod end with it), addresses, claims, record. Names and the ownership mark
-    derive from the key; an unreadable record is replaced by what the key and leases tell."""
+    derive from the key; an unreadable record is replaced by what the key and leases tell.
+
+    deferrable=True (the node agent): the veth's deletion, which waits out the kernel's RCU grace
+    periods (rcu_barrier in netdev_run_todo, ~35-40 ms here), is returned as a function for the
+    caller to run after answering, noted first in cni/pending.py so that it is finished even if
+    the caller dies. Everything else is done before this returns: map entries first (the fast
+    path no longer steers to the pod), then addresses, claims and record. An address given to a
+    new pod while the old veth still exists is safe: its host route is replaced (the old veth's
+    deletion only removes routes through the old veth), neighbour entries are per device, and
+    the map entries are already gone. None when nothing is left to do."""
     records = record_store(conf)
     try:
         rec = records.get(container_id, ifname)
@@ -106,13 +126,29 @@ def teardown(conf: NetConf, env: CniEnv, container_id: str, ifname: str) -> None
     rec = rec or Record(container_id, ifname, network=conf.name)
     rec.network = conf.name
     ips = sorted(set(rec.ips) | set(lease_store(conf).owned_by(container_id, ifname)))
+    later = None
     with Rtnl() as nl:
         host_ifindex = plumbing.find_host_link(nl, rec.host_ifname, rec.mark)
         if host_ifindex is None and nl.get_link(rec.host_ifname) is not None:
             warn(f"link {rec.host_ifname} does not carry this attachment's mark: left alone")
         forget_endpoint(conf.root, host_ifindex, ips)
         if host_ifindex is not None:
-            plumbing.delete_link_index(nl, host_ifindex)  # the peer goes too, wherever it is
+            if deferrable:
+                pending = PendingDeletes(conf.root)
+                note = pending.add(host_ifindex, rec.host_ifname, rec.mark)
+                name, mark = rec.host_ifname, rec.mark
+
+                def later() -> None:
+                    try:
+                        PendingDeletes.delete(host_ifindex, name, mark)
+                    except BaseException:
+                        PendingDeletes.disown(note)  # the next DEL (any process) retries it
+                        raise
+                    PendingDeletes.done(note)
+
+            else:
+                plumbing.delete_link_index(nl, host_ifindex)  # the peer goes too, wherever it is
     release_ipam(conf, env, container_id, ifname, rec.ipam_type)
     claim_store(conf).release(ips, (conf.name, container_id, ifname))
     records.remove(container_id, ifname)
+    return later

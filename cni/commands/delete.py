@@ -3,11 +3,24 @@ runtime retries DEL until it succeeds and may call it for an ADD that never fini
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 from ..env import CniEnv
 from ..netconf import NetConf
+from ..pending import PendingDeletes
+from . import common
 from .common import attachment_locked, teardown
 
 
 def run(env: CniEnv, conf: NetConf) -> None:
-    with attachment_locked(conf, env.container_id, env.ifname):
-        teardown(conf, env, env.container_id, env.ifname)
+    """In the node agent (common.DEFER set) DEL answers once the map entries, addresses, claims
+    and record are gone; the veth's deletion follows on an agent thread that keeps the
+    attachment's lock until it is done (an ADD or DEL of the same attachment waits for it).
+    Every DEL first finishes deletions a dead agent still owed (cni/pending.py)."""
+    PendingDeletes(conf.root).finish_orphans()
+    defer = common.DEFER
+    with ExitStack() as held:
+        held.enter_context(attachment_locked(conf, env.container_id, env.ifname))
+        finish = teardown(conf, env, env.container_id, env.ifname, deferrable=defer is not None)
+        if finish is not None and defer is not None:
+            defer(finish, held.pop_all())
