@@ -261,16 +261,38 @@ def _at_once(plugins: Plugins, plugin: str, verb: str, made: list[tuple[str, str
     return {"wall_ms": round(wall, 1), **summary(times)}
 
 
-def concurrent(plugins: Plugins, pods: PodNamespaces, plugin: str, n: int, tag: str) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, s (/proc/PID/stat fields 14-15)."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        fields = fh.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def node_busy_seconds() -> float:
+    """CPU time all CPUs have spent busy (not idle or iowait) since boot, s (/proc/stat)."""
+    with open("/proc/stat") as fh:
+        f = [int(x) for x in fh.readline().split()[1:]]
+    return (sum(f[:8]) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def concurrent(
+    plugins: Plugins, pods: PodNamespaces, plugin: str, n: int, tag: str, agent_pid: int | None = None
+) -> dict:
     """n ADDs launched at once (as a node does when a Job starts n pods), then n DELs at once:
-    wall time from the first launch to the last exit, and each call's own time."""
+    wall time from the first launch to the last exit, and each call's own time; with agent_pid,
+    also the CPU time the agent used for each batch."""
     made = [
         (f"bench-{tag}-{plugin}-{i}", pods.new(f"q{tag}{plugin[0]}{'a' if 'agent' in plugin else ''}{i}"))
         for i in range(n)
     ]
     out: dict = {"n": n}
     for verb in ("ADD", "DEL"):
+        cpu0 = cpu_seconds(agent_pid) if agent_pid else 0.0
+        busy0 = node_busy_seconds()
         out[verb.lower()] = _at_once(plugins, plugin, verb, made)
+        out[verb.lower()]["machine_cpu_ms"] = round((node_busy_seconds() - busy0) * 1000.0, 1)
+        if agent_pid:
+            out[verb.lower()]["agent_cpu_ms"] = round((cpu_seconds(agent_pid) - cpu0) * 1000.0, 1)
     for _, ns in made:
         pods.remove(ns)
     return out
@@ -329,12 +351,19 @@ def run(
         conc: dict = {"n": n_concurrent, "rounds": {"bridge": [], "xdpcni-agent": []}}
         for r in range(rounds):
             for p in ("bridge", "xdpcni-agent") if r % 2 == 0 else ("xdpcni-agent", "bridge"):
-                res = concurrent(plugins, pods, p, n_concurrent, f"{r}")
+                res = concurrent(
+                    plugins, pods, p, n_concurrent, f"{r}", agent.proc.pid if p == "xdpcni-agent" else None
+                )
                 conc["rounds"][p].append(res)
+                cpu = f"; CPU used, all processes: {res['add']['machine_cpu_ms']:.0f} / {res['del']['machine_cpu_ms']:.0f} ms"
+                if "agent_cpu_ms" in res["add"]:
+                    cpu += (
+                        f", the agent: {res['add']['agent_cpu_ms']:.0f} / {res['del']['agent_cpu_ms']:.0f} ms"
+                    )
                 log(
                     f"    {n_concurrent} ADDs at once, {p:13}: wall {res['add']['wall_ms']:.0f} ms, "
                     f"p50 {res['add']['p50_ms']} p99 {res['add']['p99_ms']} ms; "
-                    f"DELs wall {res['del']['wall_ms']:.0f} ms"
+                    f"DELs wall {res['del']['wall_ms']:.0f} ms{cpu} (ADDs / DELs)"
                 )
         conc["best"] = {p: min(v, key=lambda x: x["add"]["wall_ms"]) for p, v in conc["rounds"].items()}
         conc["agent_side"] = _agent_side(agent.served()[served_before:])  # run time, turn-wait excluded

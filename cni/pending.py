@@ -5,13 +5,13 @@ first and removes the note once the link is gone.
 If the agent dies in between, the note names the link exactly (ifindex, name and ownership mark:
 ifindexes are allocated cyclically, so a same-named veth made later for the same attachment has
 another ifindex and is never touched) and whoever comes next finishes it: the agent when it
-starts, and every DEL (in the agent or in-process), which skips notes of a process that is still
-alive. In Kubernetes the runtime also removes the pod's network namespace right after DEL, which
-takes the pair with it anyway.
+starts, and every in-process DEL. In Kubernetes the runtime also removes the pod's network
+namespace right after DEL, which takes the pair with it anyway.
 
-Layout: /run/xdpcni/<pin root key>.pending-deletes/<ifindex>  (JSON {"ifname", "mark", "pid",
-"started"}: `started` is the owner's start time in clock ticks since boot, /proc/PID/stat field
-22, so a recycled pid is not taken for the owner).
+Layout: /run/xdpcni/<pin root key>.pending-deletes/<pid>.<started>.<ifindex>  (JSON {"ifname",
+"mark"}). The owner is in the name (`started`: its start time in clock ticks since boot,
+/proc/PID/stat field 22, so a recycled pid is not taken for the owner): a sweep reads only the
+notes of owners that are gone.
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ class PendingDeletes:
 
     def add(self, ifindex: int, ifname: str, mark: str) -> str:
         """Note that this process will delete link `ifindex`; returns the note's path."""
-        path = os.path.join(self.dir, str(ifindex))
         me = os.getpid()
         if _ME[0] != me:
-            _ME[:] = [me, _started(me)]
-        note = json.dumps({"ifname": ifname, "mark": mark, "pid": me, "started": _ME[1]})
+            _ME[:] = [me, _started(me) or 0]
+        path = os.path.join(self.dir, f"{me}.{_ME[1]}.{ifindex}")
+        note = json.dumps({"ifname": ifname, "mark": mark})
         for _ in range(5):
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
             try:
@@ -69,16 +69,14 @@ class PendingDeletes:
             os.unlink(path)
 
     @staticmethod
-    def disown(path: str) -> None:
-        """Make a note an orphan (its owner failed to finish it): the next DEL or agent start
-        finishes it."""
-        try:
-            with open(path, "rb") as fh:
-                note = json.loads(fh.read(4096))
-            note["pid"], note["started"] = 0, None
-            write_atomic(path, json.dumps(note))
-        except (OSError, ValueError, TypeError):
-            pass
+    def disown(path: str) -> str:
+        """Make a note an orphan (its owner failed to finish it; pid 0 is nobody): the next DEL
+        or agent start finishes it. Returns its new path."""
+        d, name = os.path.split(path)
+        new = os.path.join(d, "0.0." + name.rsplit(".", 1)[-1])
+        with contextlib.suppress(OSError):
+            os.rename(path, new)
+        return new
 
     @staticmethod
     def delete(ifindex: int, ifname: str, mark: str) -> bool:
@@ -89,31 +87,36 @@ class PendingDeletes:
             return plumbing.delete_link_index(nl, ifindex)
 
     def orphans(self) -> list[tuple[str, int, str, str]]:
-        """Notes whose owner is gone: (path, ifindex, ifname, mark). Unreadable notes are removed
-        (they name nothing this code would act on)."""
+        """Notes whose owner is gone: (path, ifindex, ifname, mark). Notes of live owners are not
+        read; unreadable notes are removed (they name nothing this code would act on)."""
         try:
             names = os.listdir(self.dir)
         except FileNotFoundError:
             return []
+        alive: dict[tuple[int, int], bool] = {}
         out = []
         for name in names:
-            if not name.isdigit():
+            parts = name.split(".")
+            if len(parts) != 3 or not all(p.isdigit() for p in parts):
                 continue  # a temporary of write_atomic
+            pid, started, ifindex = (int(p) for p in parts)
+            if (pid, started) not in alive:
+                alive[(pid, started)] = pid > 0 and _started(pid) == started
+            if alive[(pid, started)]:
+                continue  # its owner will finish it
             path = os.path.join(self.dir, name)
             try:
                 with open(path, "rb") as fh:
                     note = json.loads(fh.read(4096))
-                ifname, mark, pid, started = note["ifname"], note["mark"], note["pid"], note["started"]
-                if not (isinstance(ifname, str) and isinstance(mark, str) and isinstance(pid, int)):
+                ifname, mark = note["ifname"], note["mark"]
+                if not (isinstance(ifname, str) and isinstance(mark, str)):
                     raise ValueError(name)
             except FileNotFoundError:
                 continue
             except (OSError, ValueError, KeyError, TypeError, RecursionError):
                 self.done(path)
                 continue
-            if started is not None and _started(pid) == started:
-                continue  # its owner is alive and will finish it
-            out.append((path, int(name), ifname, mark))
+            out.append((path, ifindex, ifname, mark))
         return out
 
     def finish_orphans(self) -> int:

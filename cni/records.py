@@ -67,6 +67,9 @@ class Record:
         return owner_mark(self.network, self.container_id, self.ifname)
 
 
+RECORD_SIZE = 2048  # bytes a record file is padded to (JSON allows trailing whitespace)
+
+
 class RecordStore:
     def __init__(self, network_dir: str, network: str):
         self.dir = os.path.join(network_dir, "attachments")
@@ -85,12 +88,39 @@ class RecordStore:
             raise RecordUnreadable(self.path(container_id, ifname), "it names another attachment")
         return rec
 
-    def put(self, rec: Record) -> None:
+    def put(self, rec: Record, in_place: bool = False) -> None:
+        """Write the record: a new file atomically (temporary + rename), space-padded to
+        RECORD_SIZE bytes. in_place=True (ADD's final update, under the attachment lock)
+        overwrites such a file where it is, in one write of one page: no temporary, rename or
+        truncation, each of which makes ext4 flush (auto_da_alloc, ~0.3-0.8 ms here); SIGKILL
+        cannot tear a write of this size, and a reader outside the lock that catches it
+        half-copied finds an unreadable record, which every verb and GC leave alone."""
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         rec.network = self.network
         data = dict(vars(rec))  # flat fields: a shallow copy (dataclasses.asdict deep-copies, 3x slower)
         data["ips"] = list(rec.ips)
-        write_atomic(self.path(rec.container_id, rec.ifname), json.dumps(data))
+        text = json.dumps(data)  # ASCII (ensure_ascii): one character, one byte
+        path = self.path(rec.container_id, rec.ifname)
+        if len(text) < RECORD_SIZE:
+            text = text.ljust(RECORD_SIZE - 1) + "\n"
+            if in_place and self._overwrite(path, text.encode("ascii")):
+                return
+        write_atomic(path, text)
+
+    @staticmethod
+    def _overwrite(path: str, data: bytes) -> bool:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            if os.fstat(fd).st_size != len(data):
+                return False  # not one of ours as written (edited, or from an older version)
+            return os.pwrite(fd, data, 0) == len(data)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     def remove(self, container_id: str, ifname: str) -> bool:
         try:

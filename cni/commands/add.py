@@ -211,7 +211,7 @@ def _add(env: CniEnv, conf: NetConf) -> dict:
             os.close(nsfd)
 
         rec.complete = True
-        records.put(rec)
+        records.put(rec, in_place=True)
         result = _result(conf, env, link, ips)
         testhook.step("result")
         undo.pop_all()  # success: keep everything

@@ -79,11 +79,14 @@ def forget_endpoint(root: str, host_ifindex: int | None, ips: list[str]) -> None
         pass
 
 
-def release_ipam(conf: NetConf, env: CniEnv, container_id: str, ifname: str, ipam_type: str) -> list[str]:
-    """Give the addresses back: built-in leases, or the delegated plugin's DEL."""
+def release_ipam(
+    conf: NetConf, env: CniEnv, container_id: str, ifname: str, ipam_type: str, ips: list[str] | None = None
+) -> list[str]:
+    """Give the addresses back: built-in leases (only `ips`' when given: a complete record's),
+    or the delegated plugin's DEL."""
     kind = ipam_type or (conf.ipam.type if conf.ipam else "")
     if not kind or kind == "xdpcni":
-        return builtin.release(lease_store(conf), container_id, ifname)
+        return builtin.release(lease_store(conf), container_id, ifname, ips)
     deleg_env = {
         **env.raw,
         "CNI_CONTAINERID": container_id,
@@ -125,7 +128,14 @@ def teardown(
         rec = None
     rec = rec or Record(container_id, ifname, network=conf.name)
     rec.network = conf.name
-    ips = sorted(set(rec.ips) | set(lease_store(conf).owned_by(container_id, ifname)))
+    builtin_ipam = (rec.ipam_type or (conf.ipam.type if conf.ipam else "")) in ("", "xdpcni")
+    leased = lease_store(conf).owned_by(
+        container_id,
+        ifname,
+        hint=list(rec.ips) if rec.complete and builtin_ipam else None,  # checked, never trusted
+        expected=len(conf.ipam.range_sets) if conf.ipam and conf.ipam.builtin else 0,
+    )
+    ips = sorted(set(rec.ips) | set(leased))
     later = None
     with Rtnl() as nl:
         host_ifindex = plumbing.find_host_link(nl, rec.host_ifname, rec.mark)
@@ -148,7 +158,7 @@ def teardown(
 
             else:
                 plumbing.delete_link_index(nl, host_ifindex)  # the peer goes too, wherever it is
-    release_ipam(conf, env, container_id, ifname, rec.ipam_type)
+    release_ipam(conf, env, container_id, ifname, rec.ipam_type, leased if builtin_ipam else None)
     claim_store(conf).release(ips, (conf.name, container_id, ifname))
     records.remove(container_id, ifname)
     return later

@@ -75,10 +75,15 @@ def _allocate_one(
     )
 
 
-def release(store: LeaseStore, container_id: str, ifname: str) -> list[str]:
-    """Release every lease of (container_id, ifname); none is fine (DEL twice)."""
+def release(store: LeaseStore, container_id: str, ifname: str, ips: list[str] | None = None) -> list[str]:
+    """Release every lease of (container_id, ifname); none is fine (DEL twice). `ips`: the
+    owner's addresses as LeaseStore.owned_by found them (each is re-checked under the lock, so
+    only this owner's leases go); None: every lease is read."""
     with store.locked():
-        ips = store.owned_by(container_id, ifname)
+        if ips is None:
+            ips = store.owned_by(container_id, ifname)
+        else:
+            ips = [ip for ip in ips if store.owner(ip) == (container_id, ifname)]
         for ip in ips:
             store.release(ip)
     return ips

@@ -14,11 +14,12 @@ import os
 from contextlib import contextmanager
 
 from ..env import CONTAINER_ID_RE, validate_ifname
-from ..errors import CniError
+from ..errors import IO_FAILURE, CniError
 from ..locking import flocked, write_atomic
 
 LOCK_NAME = "lock"
 LAST_PREFIX = "last_reserved_ip."
+LAST_WIDTH = 40
 
 Owner = tuple[str, str]
 
@@ -39,6 +40,14 @@ def parse_owner(raw: bytes) -> Owner | None:
     except CniError:
         return None
     return parts[0], parts[1]
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
 
 
 class LeaseStore:
@@ -100,8 +109,35 @@ class LeaseStore:
     def unreadable(self) -> list[str]:
         return sorted(os.path.join(self.dir, ip) for ip, owner in self.leases().items() if owner is None)
 
-    def owned_by(self, container_id: str, ifname: str) -> list[str]:
-        return sorted(ip for ip, owner in self.leases().items() if owner == (container_id, ifname))
+    def owned_by(
+        self, container_id: str, ifname: str, hint: list[str] | None = None, expected: int = 0
+    ) -> list[str]:
+        """The addresses leased to (container_id, ifname). With `hint` (a complete attachment
+        record's addresses) and `expected` (one address per range set: what a finished ADD
+        holds), only the hinted leases are read when they are exactly that many and all this
+        owner's: no other lease can be its then (allocation is all or nothing). Otherwise, or
+        for a record that names other addresses, every lease is read (O(leases))."""
+        owner = (container_id, ifname)
+        if (
+            hint is not None
+            and expected
+            and len(set(hint)) == len(hint) == expected
+            and all(_is_address(ip) and self.owner(ip) == owner for ip in hint)
+        ):
+            return sorted(hint)
+        return sorted(ip for ip, o in self.leases().items() if o == owner)
+
+    def owner(self, ip: str) -> Owner | None | bool:
+        """The owner of the lease of `ip`; None when it is not leased; False when its owner
+        cannot be read."""
+        try:
+            with open(os.path.join(self.dir, ip), "rb") as fh:
+                raw = fh.read(4096)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return False
+        return parse_owner(raw) or False
 
     def reserve(self, ip: str, container_id: str, ifname: str) -> bool:
         """Lock held. False when the address is taken."""
@@ -126,4 +162,21 @@ class LeaseStore:
             return None
 
     def set_last_reserved(self, set_index: int, ip: str) -> None:
-        write_atomic(os.path.join(self.dir, f"{LAST_PREFIX}{set_index}"), ip)
+        """Overwritten in place, space-padded to a fixed width (an IPv6 address has at most 39
+        characters): no temporary file, no rename and no truncation, each of which makes ext4
+        flush (auto_da_alloc, ~0.3-0.8 ms per ADD on this machine's disk). It is only a hint
+        (where the next search starts): a torn write reads as garbage, which means "start at
+        the range's beginning"; a single write of this size is never torn by SIGKILL."""
+        path = os.path.join(self.dir, f"{LAST_PREFIX}{set_index}")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.pwrite(fd, f"{ip:<{LAST_WIDTH}}\n".encode("ascii"), 0)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise CniError(
+                IO_FAILURE,
+                f"cannot write {path}: {exc.strerror or exc}",
+                "free space on that filesystem (or fix its permissions), then retry",
+            ) from exc

@@ -1,0 +1,92 @@
+"""The CNI's state files on the hot path (issue 12): what DEL reads to find an attachment's leases,
+and the in-place writes that spare ext4 its rename/truncate flushes, keep their guarantees."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cni.ipam.store import LAST_PREFIX, LeaseStore
+from cni.records import RECORD_SIZE, Record, RecordStore
+
+OWNER = ("c1", "eth0")
+
+
+def _store(tmp_path) -> LeaseStore:
+    store = LeaseStore(str(tmp_path))
+    os.makedirs(store.dir, exist_ok=True)
+    return store
+
+
+def _lease(store: LeaseStore, ip: str, owner=OWNER) -> None:
+    assert store.reserve(ip, *owner)
+
+
+def _no_scan(store: LeaseStore, monkeypatch) -> None:
+    def scan():
+        raise AssertionError("every lease was read")
+
+    monkeypatch.setattr(store, "leases", scan)
+
+
+def test_a_verified_hint_is_read_alone(tmp_path, monkeypatch):
+    store = _store(tmp_path)
+    _lease(store, "10.0.0.5")
+    _lease(store, "fd00::5")
+    for i in range(20):
+        _lease(store, f"10.0.1.{i}", (f"other{i}", "eth0"))
+    _no_scan(store, monkeypatch)
+    assert store.owned_by(*OWNER, hint=["fd00::5", "10.0.0.5"], expected=2) == ["10.0.0.5", "fd00::5"]
+
+
+@pytest.mark.parametrize(
+    "hint, expected",
+    [
+        (["10.0.0.5", "10.0.9.9"], 2),  # a record naming another pod's address (edited)
+        (["10.0.0.5"], 2),  # fewer addresses than range sets: an older or edited record
+        (["10.0.0.5", "10.0.0.5"], 2),  # duplicates
+        (["10.0.0.5", "not-an-ip/../x"], 2),  # not an address
+        (["10.0.0.5", "fd00::5"], 0),  # delegated IPAM: nothing to expect
+    ],
+)
+def test_a_hint_that_does_not_check_out_falls_back_to_reading_every_lease(tmp_path, hint, expected):
+    store = _store(tmp_path)
+    _lease(store, "10.0.0.5")
+    _lease(store, "fd00::5")
+    _lease(store, "10.0.9.9", ("victim", "eth0"))
+    assert store.owned_by(*OWNER, hint=hint, expected=expected) == ["10.0.0.5", "fd00::5"]
+
+
+def test_last_reserved_is_overwritten_in_place(tmp_path):
+    store = _store(tmp_path)
+    path = os.path.join(store.dir, f"{LAST_PREFIX}0")
+    store.set_last_reserved(0, "2001:db8:ffff:ffff:ffff:ffff:ffff:fffe")
+    ino = os.stat(path).st_ino
+    store.set_last_reserved(0, "10.0.0.7")
+    assert store.last_reserved(0) == "10.0.0.7"  # the longer value left nothing behind
+    assert os.stat(path).st_ino == ino  # same file: no temporary, no rename
+    with open(path, "wb") as fh:  # a torn or foreign file is only a hint: ignored
+        fh.write(b"\xff\xfe garbage")
+    assert store.last_reserved(0) is None
+
+
+def test_a_record_is_updated_in_place_only_when_it_is_ours_as_written(tmp_path):
+    store = RecordStore(str(tmp_path), "net")
+    rec = Record("c1", "eth0", network="net", netns="/var/run/netns/p")
+    store.put(rec)
+    path = store.path("c1", "eth0")
+    assert os.path.getsize(path) == RECORD_SIZE
+    ino = os.stat(path).st_ino
+    rec.ips, rec.complete = ["10.0.0.5", "fd00::5"], True
+    store.put(rec, in_place=True)
+    assert os.stat(path).st_ino == ino and os.path.getsize(path) == RECORD_SIZE
+    got = store.get("c1", "eth0")
+    assert got.complete and got.ips == ["10.0.0.5", "fd00::5"]
+    # A file someone edited (another size) is replaced whole, never overwritten in part.
+    with open(path, "w") as fh:
+        fh.write('{"container_id": "c1", "ifname": "eth0", "network": "net"}')
+    rec.ips = ["10.0.0.6"]
+    store.put(rec, in_place=True)
+    assert store.get("c1", "eth0").ips == ["10.0.0.6"]
+    assert os.stat(path).st_ino != ino
