@@ -178,3 +178,47 @@ def test_socket_path_matches_the_json_module(raw):
         want = None
     want = want if isinstance(want, str) else "/default"
     assert client.socket_path({"XDPCNI_AGENT_SOCKET": "/default"}, raw) == want
+
+
+EXIT_PROBE = """
+import atexit, os, sys
+sys.path.insert(0, {root!r})  # no arguments: the executable's argv is empty
+atexit.register(os.write, 1, b"FINALIZED\\n")  # runs only if the interpreter is finalized
+from cni.client import run
+run()
+"""
+
+
+def test_client_skips_finalization_only_when_the_agent_answered(agent, tmp_path):
+    """run() ends with _exit when nothing ran here but the lean client (the agent answered, or
+    VERSION): no atexit handlers, no finalization; after an in-process verb, a normal exit."""
+
+    def probe(env: dict, stdin: bytes) -> tuple[int, dict, bytes]:
+        """(exit code, the JSON on stdout's first line, the rest of stdout)."""
+        res = subprocess.run(
+            [PY, "-I", "-S", "-c", EXIT_PROBE.format(root=str(ROOT))],
+            input=stdin,
+            capture_output=True,
+            env=env,
+            timeout=60,
+        )
+        first, _, rest = res.stdout.partition(b"\n")
+        try:
+            return res.returncode, json.loads(first), rest
+        except ValueError:
+            raise AssertionError(res.stdout + res.stderr) from None
+
+    rc, out, rest = probe({"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.0.0"}')
+    assert (rc, out["cniVersion"], rest) == (0, "1.0.0", b"")
+
+    verb = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0"}
+    net = json.dumps({"cniVersion": "1.0.0", "name": "n", "type": "xdpcni", "agentSocket": agent.path})
+    assert probe(verb, net.encode()) == (0, {"cniVersion": "1.0.0"}, b"")
+    assert len(agent.seen) == 1
+
+    # No agent: the verb runs in this process (a config error, code 7: no root needed).
+    net = json.dumps(
+        {"cniVersion": "1.0.0", "name": "n", "type": "xdpcni", "agentSocket": str(tmp_path / "none")}
+    )
+    rc, out, rest = probe(verb, net.encode())
+    assert (rc, out["code"], rest) == (1, 7, b"FINALIZED\n")
