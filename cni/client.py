@@ -287,6 +287,9 @@ def _version(stdin: bytes) -> str:
 
 def _product():
     """cni.main of the installed package or of the checkout this file is in; None if neither."""
+    import gc
+
+    gc.disable()  # one verb and exit: the cyclic GC would only slow the imports down
     if sys.flags.no_site and "site" not in sys.modules:
         import site
 

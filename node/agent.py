@@ -221,6 +221,24 @@ def _code(rc: int, stdout: str) -> int:
         return 100
 
 
+GC_PERIOD = 1.0  # seconds between the agent's cyclic garbage collections
+
+
+def collect_between_verbs(stop: threading.Event, period: float = GC_PERIOD) -> None:
+    """The cyclic GC, run between verbs instead of inside them. Automatic collections fire on
+    allocation counts, i.e. in the middle of whatever verb crosses the threshold (~0.5 ms of
+    every ADD here, measured with tests of ADD in a loop); the agent turns them off and collects
+    once a period while holding a run slot, so no verb waits on a collection. Reference counting
+    frees everything else at once; only cycles wait for this (a period's worth at most)."""
+    gc.disable()
+    try:
+        while not stop.wait(period):
+            with _SLOTS.held():
+                gc.collect()
+    finally:
+        gc.enable()
+
+
 def _health(roots: list[str]):
     """healthy() for /healthz: None when every datapath root is loaded, else the reason."""
     from datapath.pins import PinLayout
@@ -427,6 +445,8 @@ def serve(
     # sight, so its full collections (otherwise ~10 ms over pyroute2's objects) never stall a verb.
     gc.collect()
     gc.freeze()
+    collector = threading.Thread(target=collect_between_verbs, args=(stop_watch,), daemon=True)
+    collector.start()
     try:
         while not stopping:
             try:

@@ -146,11 +146,14 @@ def teardown(
             if deferrable:
                 pending = PendingDeletes(conf.root)
                 note = pending.add(host_ifindex, rec.host_ifname, rec.mark)
-                name, mark = rec.host_ifname, rec.mark
 
                 def later() -> None:
                     try:
-                        PendingDeletes.delete(host_ifindex, name, mark)
+                        # By ifindex alone, a few ms after the lookup above: the kernel hands
+                        # ifindexes out cyclically, so it names this link or none (ENODEV, when
+                        # the runtime removed the pod's namespace first, is fine).
+                        with Rtnl() as nl:
+                            plumbing.delete_link_index(nl, host_ifindex)
                     except BaseException:
                         PendingDeletes.disown(note)  # the next DEL (any process) retries it
                         raise
