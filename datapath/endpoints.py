@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import struct
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -40,6 +41,12 @@ class Endpoint:
             "ips": list(self.ips),
             "flags": self.flags,
         }
+
+
+# The one field a scan needs at the start of each packed value (checked against abi at import).
+_IFACE_EP_ID = struct.Struct(f"=I{ctypes.sizeof(abi.IfaceInfo) - 4}x")
+_ENDPOINT_IFINDEX = struct.Struct(f"=I{ctypes.sizeof(abi.EndpointInfo) - 4}x")
+assert abi.IfaceInfo.ep_id.offset == 0 and abi.EndpointInfo.ifindex.offset == 0
 
 
 class EndpointTable:
@@ -94,9 +101,11 @@ class EndpointTable:
         """
         found = False
         with self._locked():
-            for key, info in self.endpoints.items():
-                if info.ifindex == ifindex:
-                    found |= self.endpoints.delete(key)
+            n, keys, values = self.endpoints.items_raw()
+            ks = ctypes.sizeof(abi.EndpointKey)
+            for i, (owner,) in enumerate(struct.iter_unpack(_ENDPOINT_IFINDEX.format, values) if n else ()):
+                if owner == ifindex:  # EndpointInfo's first field, u32
+                    found |= self.endpoints.delete(abi.EndpointKey.from_buffer_copy(keys, i * ks))
             for ip in ips or []:
                 found |= self.endpoints.delete(abi.EndpointKey.for_ip(ip))
             iface = self.ifaces.get(ifindex)
@@ -151,7 +160,9 @@ class EndpointTable:
         return sorted(by_ifindex.values(), key=lambda e: e.ep_id)
 
     def _free_ep_id(self) -> int:
-        used = {iface.ep_id for _, iface in self.ifaces.items()}
+        # ep_id is IfaceInfo's first field (u32): read it off the raw batch, no object per entry.
+        n, _, values = self.ifaces.items_raw()
+        used = {v[0] for v in struct.iter_unpack(_IFACE_EP_ID.format, values)} if n else set()
         for ep_id in range(1, abi.MAX_ENDPOINTS):
             if ep_id not in used:
                 return ep_id

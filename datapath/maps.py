@@ -74,6 +74,13 @@ class PinnedMap:
                 out.append((k, v))
         return out
 
+    def items_raw(self) -> tuple[int, bytes, bytes]:
+        """(count, keys, values) packed back to back, one syscall (hash maps only)."""
+        spec = abi.MAP_SPECS[self.name]
+        if spec[0] != BPF_MAP_TYPE_HASH:
+            raise TypeError(f"map {self.name} is not a hash map")
+        return libbpf.map_items_batch_raw(self.fd, self.key_type, self.value_type, spec[1])
+
     def info(self) -> libbpf.BpfMapInfo:
         return libbpf.map_info(self.fd)
 
