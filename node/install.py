@@ -1,19 +1,21 @@
 """install-cni: put the CNI executable and the conflist on the host, the way kubelet's runtime
 finds them, without a moment where it could see a half-installed plugin.
 
-- The executable (`<cni-bin-dir>/xdpcni`) is the lean client: one file, standard library only,
-  run by the host's `/usr/bin/python3 -I -S` (no venv, no site-packages on the host). It is
-  generated from cni/client.py's source plus a small main: VERSION is answered locally; every
-  other verb is handed to the node agent over its unix socket; with no agent answering it says
-  code 11 (try again later; STATUS: 50, not available), so the runtime retries instead of
-  failing the pod. Hosts: any with a python3 >= 3.8 at /usr/bin/python3 (Debian, Ubuntu, RHEL
-  and derivatives, Amazon Linux 2023); not Container-Optimized OS, Flatcar, Bottlerocket or
-  Talos, which ship no Python.
+- The executable (`<cni-bin-dir>/xdpcni`) is the lean client, standard library only, run by the
+  host's `/usr/bin/python3 -I -S` (no venv, no site-packages on the host): a five-line launcher
+  that imports the client module from `<cni-bin-dir>/.xdpcni/xdpcni_client.py` (a script is
+  compiled on every run, a module's bytecode is cached in its `__pycache__` after the first:
+  ~1.5 ms per verb here). The module is generated from cni/client.py's source plus a small
+  main: VERSION is answered locally; every other verb is handed to the node agent over its unix
+  socket; with no agent answering it says code 11 (try again later; STATUS: 50, not
+  available), so the runtime retries instead of failing the pod. Hosts: any with a python3 >=
+  3.8 at /usr/bin/python3 (Debian, Ubuntu, RHEL and derivatives, Amazon Linux 2023); not
+  Container-Optimized OS, Flatcar, Bottlerocket or Talos, which ship no Python.
 - The conflist (`<cni-conf-dir>/00-xdpcni.conflist` by default) sorts first: containerd and
   CRI-O use the lexically first config in the directory. Its ipam ranges are this Node's
   spec.podCIDRs in their order (the first family is the primary one in the CNI result), its mtu
   the pod MTU the agent detected.
-- Order and atomicity: the executable first, the conflist last, each written to a dot-named
+- Order and atomicity: the client module, then the executable, the conflist last, each written to a dot-named
   temporary in the same directory (no .conf/.conflist/.json suffix, so a runtime never reads
   it), fsynced, chmodded, renamed over the target, and the directory fsynced. A file whose
   content is already right is not rewritten (kubelet sees no change).
@@ -38,6 +40,16 @@ PLUGIN = "xdpcni"
 NETWORK = "xdpcni"
 HOST_PYTHON = "/usr/bin/python3"
 CONFIG_SUFFIXES = (".conf", ".conflist", ".json")  # what libcni reads from the conf dir
+CLIENT_DIR = ".xdpcni"  # beside the executable; runtimes look plugins up by name, not by listing
+CLIENT_MODULE = "xdpcni_client"
+
+LAUNCHER = f"""#!{HOST_PYTHON} -IS
+# xdpcni CNI client, installed by the xdpcni node agent (node/install.py). Generated: do not edit.
+import sys
+sys.path.insert(0, (sys.argv[0].rpartition("/")[0] or ".") + "/{CLIENT_DIR}")
+from {CLIENT_MODULE} import run
+run()
+"""
 
 _MAIN = """
 
@@ -97,8 +109,12 @@ def _main():
     return rc
 
 
-if __name__ == "__main__":
+def run():
     raise SystemExit(_main())
+
+
+if __name__ == "__main__":
+    run()
 """
 
 
@@ -116,9 +132,9 @@ if __name__ == "__main__":
 
 
 def client_source() -> str:
-    """The installed executable's text: a shebang for the host's python3 in isolated mode
-    without site (-IS), then cni/client.py's source (the agent protocol, standard library only)
-    and a main. When cni/client.py is the lean client with its own main() (VERSION answered by
+    """The installed client module's text (also runnable as a script: tests run it so): a
+    shebang for the host's python3 in isolated mode without site (-IS), then cni/client.py's
+    source (the agent protocol, standard library only) and a main, `run()`. When cni/client.py is the lean client with its own main() (VERSION answered by
     hand, the agent, else cni.main found through `_product()`), that main runs with `_product`
     answering None; otherwise the main above (_MAIN). Raises RuntimeError if cni/client.py no
     longer has what either main calls."""
@@ -256,16 +272,23 @@ class CniInstaller:
         return os.path.join(self.bin_dir, PLUGIN)
 
     @property
+    def client_module(self) -> str:
+        return os.path.join(self.bin_dir, CLIENT_DIR, CLIENT_MODULE + ".py")
+
+    @property
     def conflist_path(self) -> str:
         return os.path.join(self.conf_dir, self.conflist_name)
 
     def install(self, pod_cidrs: list[str], mtu: int, nic: str | None = None) -> bool:
         """Executable, then conflist. Returns True when anything was (re)written."""
-        os.makedirs(self.bin_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(self.client_module), exist_ok=True)
         os.makedirs(self.conf_dir, exist_ok=True)
-        wrote = write_atomic(self.executable, client_source().encode(), 0o755)
+        wrote = write_atomic(self.client_module, client_source().encode(), 0o644)
+        wrote |= write_atomic(self.executable, LAUNCHER.encode(), 0o755)
         if wrote:
-            self.log(f"installed {self.executable} (runs with {HOST_PYTHON} alone)")
+            self.log(
+                f"installed {self.executable} (runs with {HOST_PYTHON} alone; module in {self.client_module})"
+            )
         conf = conflist(
             pod_cidrs,
             mtu,
@@ -290,3 +313,6 @@ class CniInstaller:
         for path in (self.conflist_path, self.executable):  # config first: nothing points at a gone binary
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        import shutil
+
+        shutil.rmtree(os.path.dirname(self.client_module), ignore_errors=True)

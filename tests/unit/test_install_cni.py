@@ -97,7 +97,7 @@ def test_installer_writes_the_executable_first_and_warns_about_other_configs(tmp
     )
     inst = install.CniInstaller(str(bin_dir), str(conf_dir), log=logs.append)
     assert inst.install(["10.244.1.0/24"], 1500)
-    assert order == ["xdpcni", "00-xdpcni.conflist"]
+    assert order == ["xdpcni_client.py", "xdpcni", "00-xdpcni.conflist"]
     (warning,) = [m for m in logs if m.startswith("warning")]
     assert "05-calico.conflist, 99-loopback.conf" in warning and "sorts first" not in warning
     assert not inst.install(["10.244.1.0/24"], 1500)  # nothing changed, nothing rewritten
@@ -285,3 +285,31 @@ def test_xdpcnictl_install_cni(tmp_path, capsys):
     assert [r[0]["subnet"] for r in plugin["ipam"]["ranges"]] == ["10.244.7.0/24", "fd00:10:244:7::/64"]
     assert plugin["mtu"] == 1450
     assert os.access(tmp_path / "bin" / "xdpcni", os.X_OK)
+
+
+def test_the_installed_launcher_runs_the_client_module_from_cached_bytecode(tmp_path):
+    """The executable is a launcher importing the client module beside it: Python compiles a
+    script on every run but caches a module's bytecode after the first (issue 12)."""
+    bin_dir = tmp_path / "bin"
+    inst = install.CniInstaller(str(bin_dir), str(tmp_path / "net.d"), log=lambda m: None)
+    inst.install(["10.244.1.0/24"], 1500)
+    cache = bin_dir / install.CLIENT_DIR / "__pycache__"
+    assert not cache.exists()
+    net = json.dumps({"cniVersion": "0.4.0", "agentSocket": str(tmp_path / "none")}).encode()
+    for _ in range(2):  # from another working directory, as a runtime runs it
+        res = subprocess.run(
+            [HOST_PYTHON, "-I", "-S", str(bin_dir / "xdpcni")],
+            input=net,
+            capture_output=True,
+            env={"CNI_COMMAND": "VERSION"},
+            cwd="/",
+            timeout=30,
+        )
+        assert res.returncode == 0 and json.loads(res.stdout)["cniVersion"] == "0.4.0", res.stderr
+        assert [p.name.split(".")[0] for p in cache.iterdir()] == [install.CLIENT_MODULE]
+    res = _run_client(str(bin_dir / "xdpcni"), "DEL", net)
+    assert res.returncode == 1 and json.loads(res.stdout)["code"] == 11  # no agent: try again
+    imported = _imports(str(bin_dir / "xdpcni"), "ADD", net)
+    assert imported <= set(sys.stdlib_module_names) | {install.CLIENT_MODULE}, imported
+    inst.uninstall()
+    assert sorted(os.listdir(bin_dir)) == []
