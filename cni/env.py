@@ -16,6 +16,7 @@ CNI_NETNS=dummy CNI_IFNAME=dummy CNI_PATH=dummy, which must succeed.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -63,6 +64,15 @@ class CniEnv:
     path: list[str] = field(default_factory=list)
     args: dict[str, str] = field(default_factory=dict)
     raw: dict[str, str] = field(default_factory=dict)  # CNI_* as given, passed on to delegates
+
+
+def is_ip(s: str) -> bool:
+    """True when `s` is an IPv4 or IPv6 address (no prefix length)."""
+    try:
+        ipaddress.ip_address(s)
+        return True
+    except ValueError:
+        return False
 
 
 def validate_ifname(name: str, what: str = "CNI_IFNAME") -> None:

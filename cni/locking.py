@@ -60,8 +60,13 @@ def write_atomic(path: str, data: str, exclusive: bool = False, durable: bool = 
     except (FileExistsError, FileNotFoundError):
         raise
     except OSError as exc:
-        raise CniError(
-            IO_FAILURE,
-            f"cannot write {path}: {exc.strerror or exc}",
-            "free space on that filesystem (or fix its permissions), then retry",
-        ) from exc
+        raise write_failed(path, exc) from exc
+
+
+def write_failed(path: str, exc: OSError) -> CniError:
+    """Code 5 for a state file that could not be written, saying what to do."""
+    return CniError(
+        IO_FAILURE,
+        f"cannot write {path}: {exc.strerror or exc}",
+        "free space on that filesystem (or fix its permissions), then retry",
+    )

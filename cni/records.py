@@ -11,23 +11,14 @@ a link that carries that mark. A record that cannot be read is reported and left
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from dataclasses import dataclass, field
 
-from .env import CONTAINER_ID_RE
+from .env import CONTAINER_ID_RE, is_ip
 from .errors import IO_FAILURE, CniError
 from .locking import write_atomic
 from .plumbing import host_ifname_for, owner_mark
-
-
-def _is_ip(s: str) -> bool:
-    try:
-        ipaddress.ip_address(s)
-        return True
-    except ValueError:
-        return False
 
 
 class RecordUnreadable(CniError):
@@ -175,7 +166,7 @@ class RecordStore:
             or not CONTAINER_ID_RE.fullmatch(rec.container_id)
             or not isinstance(rec.ifname, str)
             or not isinstance(rec.ips, list)
-            or not all(isinstance(ip, str) and _is_ip(ip) for ip in rec.ips)
+            or not all(isinstance(ip, str) and is_ip(ip) for ip in rec.ips)
             or not isinstance(rec.ipam_type, str)
             or rec.network != self.network
         ):

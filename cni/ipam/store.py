@@ -13,9 +13,9 @@ import ipaddress
 import os
 from contextlib import contextmanager
 
-from ..env import CONTAINER_ID_RE, validate_ifname
-from ..errors import IO_FAILURE, CniError
-from ..locking import flocked, write_atomic
+from ..env import CONTAINER_ID_RE, is_ip, validate_ifname
+from ..errors import CniError
+from ..locking import flocked, write_atomic, write_failed
 
 LOCK_NAME = "lock"
 LAST_PREFIX = "last_reserved_ip."
@@ -40,14 +40,6 @@ def parse_owner(raw: bytes) -> Owner | None:
     except CniError:
         return None
     return parts[0], parts[1]
-
-
-def _is_address(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-        return True
-    except ValueError:
-        return False
 
 
 class LeaseStore:
@@ -122,7 +114,7 @@ class LeaseStore:
             hint is not None
             and expected
             and len(set(hint)) == len(hint) == expected
-            and all(_is_address(ip) and self.owner(ip) == owner for ip in hint)
+            and all(is_ip(ip) and self.owner(ip) == owner for ip in hint)
         ):
             return sorted(hint)
         return sorted(ip for ip, o in self.leases().items() if o == owner)
@@ -175,8 +167,4 @@ class LeaseStore:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise CniError(
-                IO_FAILURE,
-                f"cannot write {path}: {exc.strerror or exc}",
-                "free space on that filesystem (or fix its permissions), then retry",
-            ) from exc
+            raise write_failed(path, exc) from exc

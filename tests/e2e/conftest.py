@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from sim.agent import NodeAgent
 from sim.cni_runtime import Runtime
 from sim.topology import Cluster
 
@@ -27,3 +28,13 @@ def node(cluster):
 def runtime(node):
     """xdpcni alone as the conflist; the datapath is loaded by the first ADD (TC mode)."""
     return Runtime.single(node, "tc")
+
+
+@pytest.fixture
+def agent(node):
+    """`xdpcnictl agent` for the node (sim/agent.py), stopped by PID afterwards."""
+    a = NodeAgent(node)
+    try:
+        yield a
+    finally:
+        a.stop()

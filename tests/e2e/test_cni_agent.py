@@ -13,15 +13,6 @@ from tests.harness.nodestate import pod_links, snapshot
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def agent(node):
-    a = NodeAgent(node)
-    try:
-        yield a
-    finally:
-        a.stop()
-
-
 def test_agent_serves_verbs_and_plugin_falls_back_without_it(cluster, node, agent):
     rt = Runtime.single(node, "tc", agentSocket=agent.sock)
     pods = []

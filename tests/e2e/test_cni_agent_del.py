@@ -135,15 +135,6 @@ class DirWatch:
         os.close(self.fd)
 
 
-@pytest.fixture
-def agent(node):
-    a = NodeAgent(node)
-    try:
-        yield a
-    finally:
-        a.stop()
-
-
 # -- a1 ---------------------------------------------------------------------------------------
 
 
