@@ -44,6 +44,7 @@ _ME: list = [0, None]  # this process: [pid, start time]
 
 class PendingDeletes:
     def __init__(self, root: str):
+        self.root = root
         self.dir = os.path.join(RUN_DIR, PinLayout(root).key + ".pending-deletes")
 
     def add(self, ifindex: int, ifname: str, mark: str) -> str:
@@ -86,6 +87,20 @@ class PendingDeletes:
                 return False
             return plumbing.delete_link_index(nl, ifindex)
 
+    def _forget_iface(self, ifindex: int) -> None:
+        """The veth's own map entries (kept while its deletion was pending), once no link has
+        that ifindex."""
+        from datapath.endpoints import EndpointTable
+        from datapath.maps import DatapathNotLoaded
+
+        if not PinLayout(self.root).is_loaded():
+            return
+        with Rtnl() as nl:
+            if nl.get_link(index=ifindex) is not None:
+                return
+        with contextlib.suppress(DatapathNotLoaded), EndpointTable(self.root) as table:
+            table.remove(ifindex)
+
     def orphans(self) -> list[tuple[str, int, str, str]]:
         """Notes whose owner is gone: (path, ifindex, ifname, mark). Notes of live owners are not
         read; unreadable notes are removed (they name nothing this code would act on)."""
@@ -124,6 +139,7 @@ class PendingDeletes:
         n = 0
         for path, ifindex, ifname, mark in self.orphans():
             n += self.delete(ifindex, ifname, mark)
+            self._forget_iface(ifindex)
             self.done(path)
         with contextlib.suppress(OSError):
             os.rmdir(self.dir)  # only when empty

@@ -94,10 +94,14 @@ class EndpointTable:
                 self.endpoints.put(abi.EndpointKey.for_ip(ip), info)
         return ep
 
-    def remove(self, ifindex: int, ips: list[str] | None = None) -> bool:
+    def remove(self, ifindex: int, ips: list[str] | None = None, keep_iface: bool = False) -> bool:
         """Remove the endpoint on `ifindex` (and the given IPs wherever they point).
 
-        Returns False when nothing was there: DEL of something already gone is success.
+        keep_iface=True removes only the address entries and keeps the interface's own entries
+        (ifaces, tx_ports): its veth still exists, and tc_pod then drops every packet from it with
+        a routable source (no address of the veth's: REASON_DROP_SPOOF_IP) instead of passing
+        an unknown interface's traffic to the stack. Returns False when nothing was there: DEL of
+        something already gone is success.
         """
         found = False
         with self._locked():
@@ -108,6 +112,8 @@ class EndpointTable:
                     found |= self.endpoints.delete(abi.EndpointKey.from_buffer_copy(keys, i * ks))
             for ip in ips or []:
                 found |= self.endpoints.delete(abi.EndpointKey.for_ip(ip))
+            if keep_iface:
+                return found
             iface = self.ifaces.get(ifindex)
             if iface is not None:
                 found |= self.ifaces.delete(ifindex)

@@ -119,7 +119,9 @@ WAIT_HOOK = None
 
 
 @contextmanager
-def _waiting():
+def waiting():
+    """Entered around anything that blocks for long without holding the CPU (a lock wait, a
+    subprocess): the WAIT_HOOK's server lets other verbs run meanwhile."""
     hook = WAIT_HOOK
     if hook is None:
         yield
@@ -135,7 +137,7 @@ def _threads_in_turn(path: str, what: str, timeout: float):
         entry[1] += 1
     try:
         if not entry[0].acquire(blocking=False):
-            with _waiting():
+            with waiting():
                 acquired = entry[0].acquire(timeout=max(timeout, 0))
             if not acquired:
                 raise LockTimeout(what, path, timeout, f"another thread of this process (pid {os.getpid()})")
@@ -172,7 +174,7 @@ def _flocked(path: str, what: str, timeout: float, start: float, remove: bool, i
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             if not _try_flock(fd):
-                with _waiting():
+                with waiting():
                     while not _try_flock(fd):
                         waited = time.monotonic() - start
                         if waited >= timeout:

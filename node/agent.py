@@ -199,7 +199,16 @@ class Reaper:
         t = threading.Thread(target=run, name="xdpcni-del-finish", daemon=True)
         with self.lock:
             self.threads.add(t)
-        t.start()
+        try:
+            t.start()
+        except BaseException:  # no thread (a pids limit): finish here, never keep the lock
+            with self.lock:
+                self.threads.discard(t)
+            try:
+                finish()
+            finally:
+                held.close()
+            raise
 
     def stop(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -265,7 +274,9 @@ NETFILTER_PERIOD = 1.0  # seconds between re-decisions of the conntrack gate (ne
 def watch_netfilter(roots: list[str], stop: threading.Event, log, period: float = NETFILTER_PERIOD) -> None:
     """netfilter: auto is re-decided while running, never once at load: kube-proxy adds its rules
     after the datapath is loaded. Every `period` seconds, for each loaded datapath in `roots` whose
-    setting is auto, write the gate bit for this namespace's current netfilter state."""
+    setting is auto, write the gate bit for this namespace's current netfilter state. Also
+    retries the pod veth deletions a DEL could not finish (cni/pending.py: the notes it gave up)."""
+    from cni.pending import PendingDeletes
     from datapath import netfilter, nodeaddrs
     from datapath.loader import NodeState
     from datapath.pins import PinLayout
@@ -273,6 +284,11 @@ def watch_netfilter(roots: list[str], stop: threading.Event, log, period: float 
     last: dict[str, bool] = {}
     while not stop.wait(period):
         for root in roots:
+            try:
+                if PendingDeletes(root).finish_orphans():
+                    log(f"{root}: deleted pod veth(s) whose deletion had failed")
+            except Exception as exc:
+                log(f"retrying owed veth deletions for {root} failed: {exc}")
             state = NodeState.read(root)
             if state is None or not PinLayout(root).is_loaded():
                 continue

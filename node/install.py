@@ -45,8 +45,15 @@ CLIENT_MODULE = "xdpcni_client"
 
 LAUNCHER = f"""#!{HOST_PYTHON} -IS
 # xdpcni CNI client, installed by the xdpcni node agent (node/install.py). Generated: do not edit.
-import sys
-sys.path.insert(0, (sys.argv[0].rpartition("/")[0] or ".") + "/{CLIENT_DIR}")
+import posix, sys
+path = sys.argv[0]
+for _ in range(40):  # through symlinks to the real file: the module is beside it
+    try:
+        link = posix.readlink(path)
+    except OSError:
+        break
+    path = link if link.startswith("/") else (path.rpartition("/")[0] or ".") + "/" + link
+sys.path.insert(0, (path.rpartition("/")[0] or ".") + "/{CLIENT_DIR}")
 from {CLIENT_MODULE} import run
 run()
 """

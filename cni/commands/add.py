@@ -29,8 +29,10 @@ from ..errors import (
 )
 from ..ipam import builtin, delegate
 from ..netconf import NetConf
+from ..pending import PendingDeletes
 from ..records import Record
 from ..result import Interface, IPConfig, Result, Route
+from . import common
 from .common import attachment_locked, claim_store, forget_endpoint, lease_store, record_store, release_ipam
 
 
@@ -117,6 +119,8 @@ def _check_families(ips: list[str]) -> None:
 
 
 def run(env: CniEnv, conf: NetConf) -> dict:
+    if common.DEFER is None:  # in-process: a dead agent may still owe this name's veth deletion
+        PendingDeletes(conf.root).finish_orphans()
     with attachment_locked(conf, env.container_id, env.ifname):
         return _add(env, conf)
 
@@ -215,6 +219,7 @@ def _add(env: CniEnv, conf: NetConf) -> dict:
         result = _result(conf, env, link, ips)
         testhook.step("result")
         undo.pop_all()  # success: keep everything
+        table.close()
     return result.to_json(conf.cni_version)
 
 

@@ -56,10 +56,11 @@ def attachment_locked(conf: NetConf, container_id: str, ifname: str):
         yield
 
 
-def forget_endpoint(root: str, host_ifindex: int | None, ips: list[str]) -> None:
+def forget_endpoint(root: str, host_ifindex: int | None, ips: list[str], keep_iface: bool = False) -> None:
     """Remove this attachment's map entries: everything on its veth, and address entries that
     point at that veth or at a veth that no longer exists. An entry for one of `ips` that steers
-    to another live veth belongs to another pod and stays. A missing datapath is fine."""
+    to another live veth belongs to another pod and stays. keep_iface=True keeps the veth's own
+    entries (EndpointTable.remove): for a veth that still exists. A missing datapath is fine."""
     if not node.is_loaded(root):
         return
     try:
@@ -74,7 +75,7 @@ def forget_endpoint(root: str, host_ifindex: int | None, ips: list[str]) -> None
                 else:
                     warn(f"map entry for {ip} steers to ifindex {info.ifindex}, not this pod's: left alone")
             if host_ifindex is not None:
-                table.remove(host_ifindex)
+                table.remove(host_ifindex, keep_iface=keep_iface)
     except DatapathNotLoaded:
         pass
 
@@ -115,8 +116,10 @@ def teardown(
     deferrable=True (the node agent): the veth's deletion, which waits out the kernel's RCU grace
     periods (rcu_barrier in netdev_run_todo, ~35-40 ms here), is returned as a function for the
     caller to run after answering, noted first in cni/pending.py so that it is finished even if
-    the caller dies. Everything else is done before this returns: map entries first (the fast
-    path no longer steers to the pod), then addresses, claims and record. An address given to a
+    the caller dies. Everything else is done before this returns: the address entries first (the
+    fast path no longer steers to the pod, and tc_pod drops the old veth's packets with a
+    routable source: the veth's own entries stay until it is gone), then addresses, claims and
+    record. An address given to a
     new pod while the old veth still exists is safe: its host route is replaced (the old veth's
     deletion only removes routes through the old veth), neighbour entries are per device, and
     the map entries are already gone. None when nothing is left to do."""
@@ -141,22 +144,28 @@ def teardown(
         host_ifindex = plumbing.find_host_link(nl, rec.host_ifname, rec.mark)
         if host_ifindex is None and nl.get_link(rec.host_ifname) is not None:
             warn(f"link {rec.host_ifname} does not carry this attachment's mark: left alone")
-        forget_endpoint(conf.root, host_ifindex, ips)
+        forget_endpoint(conf.root, host_ifindex, ips, keep_iface=deferrable)
         if host_ifindex is not None:
             if deferrable:
                 pending = PendingDeletes(conf.root)
                 note = pending.add(host_ifindex, rec.host_ifname, rec.mark)
+                # The namespace this DEL runs in (the node's): `later` deletes there, whichever
+                # thread runs it.
+                here = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
                 def later() -> None:
                     try:
-                        # By ifindex alone, a few ms after the lookup above: the kernel hands
-                        # ifindexes out cyclically, so it names this link or none (ENODEV, when
-                        # the runtime removed the pod's namespace first, is fine).
-                        with Rtnl() as nl:
+                        # By ifindex, in the node's namespace, a few ms after the lookup above:
+                        # the kernel hands ifindexes out cyclically, so it names this link or
+                        # none (ENODEV, when the runtime removed the pod's namespace first).
+                        with Rtnl(here) as nl:
                             plumbing.delete_link_index(nl, host_ifindex)
+                        forget_endpoint(conf.root, host_ifindex, [])  # its own entries, last
                     except BaseException:
-                        PendingDeletes.disown(note)  # the next DEL (any process) retries it
+                        PendingDeletes.disown(note)  # retried by the agent or the next DEL
                         raise
+                    finally:
+                        os.close(here)
                     PendingDeletes.done(note)
 
             else:

@@ -10,6 +10,8 @@ record file (readable or not) is freed only with that attachment's teardown.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 from pyroute2 import IPRoute
 
 from datapath.endpoints import EndpointTable
@@ -19,6 +21,7 @@ from ..env import CniEnv
 from ..errors import INVALID_NETCONF, CniError
 from ..ipam import builtin
 from ..netconf import NetConf
+from . import common
 from .common import attachment_locked, claim_store, lease_store, record_store, teardown, warn
 
 
@@ -31,10 +34,14 @@ def run(env: CniEnv, conf: NetConf) -> dict:
     readable, unreadable = records.all()
     for bad in unreadable:
         warn(f"GC: {bad.msg}: left alone ({bad.details})")
+    defer = common.DEFER  # in the node agent: veth deletions after the answer, as DEL's
     for rec in readable:
         if (rec.container_id, rec.ifname) not in valid:
-            with attachment_locked(conf, rec.container_id, rec.ifname):
-                teardown(conf, env, rec.container_id, rec.ifname)
+            with ExitStack() as held:
+                held.enter_context(attachment_locked(conf, rec.container_id, rec.ifname))
+                finish = teardown(conf, env, rec.container_id, rec.ifname, deferrable=defer is not None)
+                if finish is not None and defer is not None:
+                    defer(finish, held.pop_all())
             removed.append(rec.container_id)
     # Leases whose owner has no record (e.g. a record removed by hand): release them too.
     store = lease_store(conf)

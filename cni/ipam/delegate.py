@@ -12,6 +12,8 @@ import json
 import os
 import subprocess
 
+from datapath import locks
+
 from ..errors import INCOMPATIBLE_VERSION, INVALID_NETCONF, IPAM_DELEGATE, CniError
 from ..version import SUPPORTED_VERSIONS, parse
 
@@ -31,9 +33,15 @@ def find_plugin(name: str, cni_path: list[str]) -> str:
 def _run(exe: str, verb: str, conf: dict, cni_env: dict[str, str]) -> tuple[int, str]:
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **cni_env, "CNI_COMMAND": verb}
     try:
-        proc = subprocess.run(
-            [exe], input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=TIMEOUT, check=False
-        )
+        with locks.waiting():  # in the node agent: other verbs run meanwhile (RunSlots)
+            proc = subprocess.run(
+                [exe],
+                input=json.dumps(conf).encode(),
+                env=env,
+                capture_output=True,
+                timeout=TIMEOUT,
+                check=False,
+            )
     except subprocess.TimeoutExpired as exc:
         raise CniError(IPAM_DELEGATE, f"IPAM plugin {exe} {verb} timed out after {TIMEOUT:.0f}s") from exc
     return proc.returncode, proc.stdout.decode(errors="replace").strip() or proc.stderr.decode(

@@ -313,3 +313,15 @@ def test_the_installed_launcher_runs_the_client_module_from_cached_bytecode(tmp_
     assert imported <= set(sys.stdlib_module_names) | {install.CLIENT_MODULE}, imported
     inst.uninstall()
     assert sorted(os.listdir(bin_dir)) == []
+
+
+def test_the_launcher_finds_its_module_through_a_symlink(tmp_path):
+    bin_dir = tmp_path / "bin"
+    install.CniInstaller(str(bin_dir), str(tmp_path / "net.d"), log=lambda m: None).install(
+        ["10.244.1.0/24"], 1500
+    )
+    other = tmp_path / "other-bin"
+    other.mkdir()
+    (other / "xdpcni").symlink_to(bin_dir / "xdpcni")
+    res = _run_client(str(other / "xdpcni"), "VERSION", b'{"cniVersion": "1.0.0"}')
+    assert res.returncode == 0 and json.loads(res.stdout)["cniVersion"] == "1.0.0", res.stderr
