@@ -162,11 +162,16 @@ def test_agent_del_answers_then_deletes_the_veth_from_a_note(cluster, node, agen
         after = snapshot(node)
         assert after["records"] == [f"{other[0]}.json"], after
         assert len(after["leases"]) == 2 and not set(ips) & set(after["leases"]), after
-        assert [e for e in after["endpoints"] if e[0] == ifindex or set(e[1]) & set(ips)] == [], after
+        # No address steers to the pod any more; the veth's own entry stays while it exists (it
+        # keeps the veth fenced: tc_pod drops what it still sends, tests/e2e/test_cni_deferred_safety.py).
+        assert [e for e in after["endpoints"] if e[1] and (e[0] == ifindex or set(e[1]) & set(ips))] == [], (
+            after
+        )
         assert not set(ips) & set(ClaimStore(node.pin_root).all())
         # The veth follows, and the note that owed it is removed once it is gone.
         wait_for(lambda: name not in links(node), 10, f"{name} deleted", log=agent.text)
         assert ifindex not in {idx for idx, _ in links(node).values()}
+        wait_for(lambda: ifindex not in endpoint_ifindexes(node), 10, "its own map entry removed after it")
 
         def note_events() -> list[tuple[str, str]]:
             return [(kind, n) for kind, n in watch.events() if ".tmp" not in n and n != "keep"]
@@ -332,10 +337,11 @@ def test_in_process_del_finishes_only_notes_of_dead_owners_naming_the_link_exact
     assert notes(node) == {os.path.basename(live)}
     with open(live) as fh:
         assert fh.read() == live_note
-    # Only links went: the orphans' records, leases and the live pods' state are not DEL's business.
+    # Only the orphans' links went, and with them their veths' own map entries (stale once the
+    # link is gone); records, leases and the live pods' state are not this DEL's business.
     after = snapshot(node)
     assert after["records"] == before["records"] and after["leases"] == before["leases"]
-    assert {e[0] for e in after["endpoints"]} == {e[0] for e in before["endpoints"]}
+    assert {e[0] for e in after["endpoints"]} == {e[0] for e in before["endpoints"]} - {o_idx, d_idx}
     assert udp_exchange(cluster.wire, pods["renamed"][0], json_ip(rt, "renamed"), n=3, port=40400) == 3
 
     # Once the live owner gives its note up, the next DEL finishes it too.
