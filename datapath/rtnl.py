@@ -329,8 +329,9 @@ class Rtnl:
             if code and code not in ok:
                 raise NetlinkError(code, what)
 
-    def _get(self, kind: int, msg: nlmsg, what: str, reply: type[nlmsg]) -> list[nlmsg]:
-        seq, raw = self._msg(kind, NLM_F_ACK, msg)
+    def _get(self, kind: int, msg: nlmsg, what: str, reply: type[nlmsg], flags: int = 0) -> list[nlmsg]:
+        """One acked request and the messages answering it (decoded as `reply`)."""
+        seq, raw = self._msg(kind, flags | NLM_F_ACK, msg)
         self.sock.sendall(raw)
         code, msgs = self._recv_until({seq}, reply)[seq]
         if code:
@@ -403,11 +404,9 @@ class Rtnl:
                 ("IFLA_LINKINFO", linkinfo),
             ],
         )
-        seq, raw = self._msg(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK | NLM_F_ECHO, msg)
-        self.sock.sendall(raw)
-        code, msgs = self._recv_until({seq}, ifinfmsg)[seq]
-        if code:
-            raise NetlinkError(code, f"create veth {host_ifname}")
+        msgs = self._get(
+            RTM_NEWLINK, msg, f"create veth {host_ifname}", ifinfmsg, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO
+        )
         echoed = None
         for m in msgs:
             if m["header"]["type"] == RTM_NEWLINK and m.get_attr("IFLA_IFNAME") == host_ifname:

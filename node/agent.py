@@ -140,7 +140,6 @@ class RunSlots:
     that lock."""
 
     def __init__(self, n: int):
-        self.n = n
         self.sem = threading.Semaphore(n)
         self.local = threading.local()
 
@@ -187,10 +186,8 @@ class Reaper:
         def run() -> None:
             try:
                 finish()
-            except Exception as exc:  # the record stays: a later DEL or GC finishes it
-                self.log(
-                    f"deleting a pod veth after DEL failed ({type(exc).__name__}: {exc}); the next DEL retries"
-                )
+            except Exception as exc:  # its note is disowned: watch_netfilter retries it
+                self.log(f"deleting a pod veth after DEL failed ({type(exc).__name__}: {exc}); retrying")
             finally:
                 held.close()
                 with self.lock:
@@ -276,7 +273,6 @@ def watch_netfilter(roots: list[str], stop: threading.Event, log, period: float 
     after the datapath is loaded. Every `period` seconds, for each loaded datapath in `roots` whose
     setting is auto, write the gate bit for this namespace's current netfilter state. Also
     retries the pod veth deletions a DEL could not finish (cni/pending.py: the notes it gave up)."""
-    from cni.pending import PendingDeletes
     from datapath import netfilter, nodeaddrs
     from datapath.loader import NodeState
     from datapath.pins import PinLayout
@@ -284,11 +280,7 @@ def watch_netfilter(roots: list[str], stop: threading.Event, log, period: float 
     last: dict[str, bool] = {}
     while not stop.wait(period):
         for root in roots:
-            try:
-                if PendingDeletes(root).finish_orphans():
-                    log(f"{root}: deleted pod veth(s) whose deletion had failed")
-            except Exception as exc:
-                log(f"retrying owed veth deletions for {root} failed: {exc}")
+            finish_owed_deletions(root, log, "whose deletion had failed")
             state = NodeState.read(root)
             if state is None or not PinLayout(root).is_loaded():
                 continue
@@ -357,20 +349,28 @@ def start_liberal_marker(roots: list[str], log):
     return marker
 
 
+def finish_owed_deletions(root: str, log, whose: str) -> None:
+    """Delete the pod veths whose DEL answered but whose deletion nobody will finish: owed by a
+    dead agent, or given up after a failure (cni/pending.py); `whose` says which in the log."""
+    from cni.pending import PendingDeletes
+
+    try:
+        n = PendingDeletes(root).finish_orphans()
+    except Exception as exc:
+        log(f"finishing owed pod veth deletions for {root} failed: {exc}")
+        return
+    if n:
+        log(f"{root}: deleted {n} pod veth(s) {whose}")
+
+
 def restore_endpoints(roots: list[str], log) -> None:
     """At start, as Cilium's agent does: every loaded datapath's maps and pod programs are made to
     match the live pods (datapath/restore.py); a datapath that cannot be restored is logged."""
-    from cni.pending import PendingDeletes
     from datapath.pins import PinLayout
     from datapath.restore import restore
 
     for root in roots:
-        try:
-            n = PendingDeletes(root).finish_orphans()
-            if n:
-                log(f"{root}: deleted {n} pod veth(s) a previous agent still owed")
-        except Exception as exc:
-            log(f"finishing owed veth deletions for {root} failed: {exc}")
+        finish_owed_deletions(root, log, "a previous agent still owed")
         if not PinLayout(root).is_loaded():
             continue
         try:

@@ -154,9 +154,8 @@ def _add(env: CniEnv, conf: NetConf) -> dict:
 
         # One handle on the endpoint maps for the whole ADD (closed last: the stack unwinds it
         # after the rollbacks that use it).
-        table = ExitStack()
-        undo.callback(table.close)
-        endpoints = table.enter_context(EndpointTable(root))
+        endpoints = EndpointTable(root)
+        undo.callback(endpoints.close)
         ips = _allocate(conf, env, undo, endpoints)
         _check_families(ips)
         rec.ips = ips
@@ -219,7 +218,7 @@ def _add(env: CniEnv, conf: NetConf) -> dict:
         result = _result(conf, env, link, ips)
         testhook.step("result")
         undo.pop_all()  # success: keep everything
-        table.close()
+        endpoints.close()
     return result.to_json(conf.cni_version)
 
 

@@ -106,6 +106,18 @@ def release_ipam(
 DEFER: Callable[[Callable[[], None], ExitStack], None] | None = None
 
 
+def teardown_locked(conf: NetConf, env: CniEnv, container_id: str, ifname: str) -> None:
+    """teardown() under the attachment's lock (DEL, GC). In the node agent (DEFER set) the veth's
+    deletion is handed to DEFER together with the lock, which it releases once the veth is gone
+    (an ADD or DEL of the same attachment waits for it)."""
+    defer = DEFER
+    with ExitStack() as held:
+        held.enter_context(attachment_locked(conf, container_id, ifname))
+        finish = teardown(conf, env, container_id, ifname, deferrable=defer is not None)
+        if finish is not None and defer is not None:
+            defer(finish, held.pop_all())
+
+
 def teardown(
     conf: NetConf, env: CniEnv, container_id: str, ifname: str, deferrable: bool = False
 ) -> Callable[[], None] | None:

@@ -10,8 +10,6 @@ record file (readable or not) is freed only with that attachment's teardown.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-
 from pyroute2 import IPRoute
 
 from datapath.endpoints import EndpointTable
@@ -21,8 +19,7 @@ from ..env import CniEnv
 from ..errors import INVALID_NETCONF, CniError
 from ..ipam import builtin
 from ..netconf import NetConf
-from . import common
-from .common import attachment_locked, claim_store, lease_store, record_store, teardown, warn
+from .common import attachment_locked, claim_store, lease_store, record_store, teardown_locked, warn
 
 
 def run(env: CniEnv, conf: NetConf) -> dict:
@@ -34,14 +31,9 @@ def run(env: CniEnv, conf: NetConf) -> dict:
     readable, unreadable = records.all()
     for bad in unreadable:
         warn(f"GC: {bad.msg}: left alone ({bad.details})")
-    defer = common.DEFER  # in the node agent: veth deletions after the answer, as DEL's
     for rec in readable:
         if (rec.container_id, rec.ifname) not in valid:
-            with ExitStack() as held:
-                held.enter_context(attachment_locked(conf, rec.container_id, rec.ifname))
-                finish = teardown(conf, env, rec.container_id, rec.ifname, deferrable=defer is not None)
-                if finish is not None and defer is not None:
-                    defer(finish, held.pop_all())
+            teardown_locked(conf, env, rec.container_id, rec.ifname)  # in the agent: as DEL's
             removed.append(rec.container_id)
     # Leases whose owner has no record (e.g. a record removed by hand): release them too.
     store = lease_store(conf)
