@@ -290,10 +290,9 @@ def _product():
     import gc
 
     gc.disable()  # one verb and exit: the cyclic GC would only slow the imports down
-    if sys.flags.no_site and "site" not in sys.modules:
-        import site
-
-        site.main()  # the venv's site-packages (pyroute2, an editable install's path hooks)
+    no_site = sys.flags.no_site and "site" not in sys.modules
+    if no_site:
+        sys.path.extend(d for d in _site_dirs() if d not in sys.path)
     try:
         import cni.main
 
@@ -305,12 +304,50 @@ def _product():
     checkout = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # <checkout>/cni/client.py
     if os.path.isfile(os.path.join(checkout, "cni", "main.py")) and checkout not in sys.path:
         sys.path.append(checkout)
-    try:
-        import cni.main
+    for last_resort in (False, True):
+        if last_resort:
+            if not no_site:
+                return None
+            import site
 
-        return cni.main
-    except ImportError:
-        return None
+            site.main()  # an install only .pth files know about
+        try:
+            import cni.main
+
+            return cni.main
+        except ImportError:
+            pass
+    return None
+
+
+def _site_dirs() -> "list[str]":
+    """The site-packages directories site.main() would put on sys.path for this interpreter,
+    without running their .pth files (here an editable install's import hook and setuptools'
+    distutils shim: ~25 ms of every in-process call; this file's checkout, which the editable
+    hook would find, is put on sys.path by the launcher or by _product). A venv's own directory
+    (pyvenv.cfg next to or above the executable, as site.venv() finds it), then the system's
+    unless the venv excludes them (include-system-site-packages)."""
+    import os.path
+    import site  # with -S, importing site runs nothing
+
+    exe_dir = os.path.dirname(os.path.abspath(sys.executable))
+    dirs: list[str] = []
+    system = True
+    for cfg in (os.path.join(exe_dir, "pyvenv.cfg"), os.path.join(os.path.dirname(exe_dir), "pyvenv.cfg")):
+        if os.path.isfile(cfg):
+            with open(cfg, encoding="utf-8") as fh:
+                settings = dict(
+                    (k.strip().lower(), v.strip().lower()) for k, _, v in (ln.partition("=") for ln in fh)
+                )
+            system = settings.get("include-system-site-packages") == "true"
+            v = sys.version_info
+            dirs.append(
+                os.path.join(os.path.dirname(cfg), "lib", f"python{v.major}.{v.minor}", "site-packages")
+            )
+            break
+    if system:
+        dirs.extend(site.getsitepackages())
+    return [d for d in dirs if os.path.isdir(d)]
 
 
 def _no_agent(environ: "dict[str, str]", stdin: bytes) -> "tuple[int, str]":

@@ -32,7 +32,7 @@ def sync_netfilter(root: str) -> None:
     setting is respect or bypass (one small file read), one netlink dump when it is auto."""
     if root in WATCHED_ROOTS:
         return
-    from datapath.loader import NodeState
+    from datapath.config import NodeState
 
     state = NodeState.read(root)
     if state is not None and state.netfilter == "auto":

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from . import pyroute2_light
+
+pyroute2_light.install()  # the CNI path imports this for its constants: not all of pyroute2
+from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2

@@ -12,11 +12,9 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-import yaml
-
 from .netfilter import DEFAULT_MODE as DEFAULT_NETFILTER
 from .netfilter import MODES as NETFILTER_MODES
-from .pins import DEFAULT_ROOT
+from .pins import DEFAULT_ROOT, PinLayout, check_owned
 
 MODES = ("auto", "xdp", "tc")
 DEFAULT_CONFIG_PATH = "/etc/xdpcni/xdpcni.yaml"
@@ -80,6 +78,8 @@ class NodeConfig:
 
     @classmethod
     def from_yaml(cls, path: str) -> NodeConfig:
+        import yaml  # here: a CNI call that reads no YAML should not import it (~10 ms)
+
         try:
             with open(path) as fh:
                 data = yaml.safe_load(fh)
@@ -106,3 +106,38 @@ def resolve(path: str | None = None, **overrides) -> NodeConfig | None:
     if not data.get("nic"):
         return None
     return NodeConfig.from_dict(data)
+
+
+@dataclass
+class NodeState:
+    """What the loader did, kept in /run so status/unload/CNI know the NIC and mode."""
+
+    root: str
+    nic: str
+    nic_ifindex: int
+    mode: str
+    requested_mode: str
+    vlan: int
+    loaded_at: float
+    prog_ids: dict
+    netfilter: str = DEFAULT_NETFILTER  # the node setting (respect | bypass | auto)
+    toolchain: str = "bcc"  # clang (conntrack gate with kfuncs) | bcc (gate = stack only)
+    conntrack_check: bool = True  # the gate's bit as the load left it (auto re-decides it)
+    fallback: str | None = None  # why the NIC runs another mode than asked, if it does
+    restore: str = ""  # what the load restored from the live pods (datapath/restore.py)
+
+    def save(self, layout: PinLayout) -> None:
+        check_owned(os.path.dirname(layout.state_file), stop_at="/run")
+        os.makedirs(os.path.dirname(layout.state_file), mode=0o700, exist_ok=True)
+        tmp = layout.state_file + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(asdict(self), fh, indent=2)
+        os.replace(tmp, layout.state_file)
+
+    @classmethod
+    def read(cls, root: str) -> NodeState | None:
+        try:
+            with open(PinLayout(root).state_file) as fh:
+                return cls(**json.load(fh))
+        except FileNotFoundError:
+            return None

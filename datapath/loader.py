@@ -15,20 +15,18 @@ it opens the pins this module leaves behind.
 from __future__ import annotations
 
 import ctypes as ct
-import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pyroute2 import IPRoute
 
 from . import abi, attach, build, libbpf, netfilter, nodeaddrs, objload, probes, sysctl
 from .bccsrc import flatten
-from .config import ConfigError, NodeConfig
+from .config import ConfigError, NodeConfig, NodeState  # noqa: F401 (NodeState re-exported)
 from .maps import PinnedMap
-from .pins import PROGRAMS, PinLayout, UnsafePath, check_owned
+from .pins import PROGRAMS, LoadError, PinLayout, UnsafePath, check_owned, open_program  # noqa: F401 (re-exported)
 
 BPF_DIR = build.BPF_DIR
 KFUNC_MISSING = "not found in kernel or module BTFs"  # libbpf's words for an unresolved __ksym
@@ -40,45 +38,6 @@ PROGRAM_SOURCES = {
     "tc_pod": ("tc_pod.c", "SCHED_CLS"),
     "xdp_pod": ("xdp_pod.c", "XDP"),
 }
-
-
-class LoadError(RuntimeError):
-    pass
-
-
-@dataclass
-class NodeState:
-    """What the loader did, kept in /run so status/unload/CNI know the NIC and mode."""
-
-    root: str
-    nic: str
-    nic_ifindex: int
-    mode: str
-    requested_mode: str
-    vlan: int
-    loaded_at: float
-    prog_ids: dict
-    netfilter: str = netfilter.DEFAULT_MODE  # the node setting (respect | bypass | auto)
-    toolchain: str = "bcc"  # clang (conntrack gate with kfuncs) | bcc (gate = stack only)
-    conntrack_check: bool = True  # the gate's bit as the load left it (auto re-decides it)
-    fallback: str | None = None  # why the NIC runs another mode than asked, if it does
-    restore: str = ""  # what the load restored from the live pods (datapath/restore.py)
-
-    def save(self, layout: PinLayout) -> None:
-        check_owned(os.path.dirname(layout.state_file), stop_at="/run")
-        os.makedirs(os.path.dirname(layout.state_file), mode=0o700, exist_ok=True)
-        tmp = layout.state_file + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(asdict(self), fh, indent=2)
-        os.replace(tmp, layout.state_file)
-
-    @classmethod
-    def read(cls, root: str) -> NodeState | None:
-        try:
-            with open(PinLayout(root).state_file) as fh:
-                return cls(**json.load(fh))
-        except FileNotFoundError:
-            return None
 
 
 def resolve_mode(ipr: IPRoute, ifindex: int, requested: str) -> str:
@@ -435,15 +394,6 @@ def unload(root: str, log=print) -> bool:
     if did:
         log(f"unloaded xdpcni datapath under {root}")
     return did
-
-
-def open_program(root: str, name: str) -> int:
-    """fd of a pinned program (the CNI attaches pod programs from these)."""
-    path = PinLayout(root).prog(name)
-    try:
-        return libbpf.obj_get(path)
-    except FileNotFoundError as exc:
-        raise LoadError(f"program {path} is not pinned: load the node datapath first") from exc
 
 
 def main() -> int:

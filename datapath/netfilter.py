@@ -32,12 +32,7 @@ def state() -> list[str]:
     (pyroute2), legacy x_tables tables (/proc/net/ip{,6}_tables_names), and the conntrack entry
     count (/proc/sys/net/netfilter/nf_conntrack_count: something made conntrack track this netns).
     """
-    found = []
-    from pyroute2.nftables.main import NFTables
-
-    with NFTables(nfgen_family=0) as nft:  # NFPROTO_UNSPEC: tables of every family
-        for t in nft.get_tables():
-            found.append(f"nftables table {t.get_attr('NFTA_TABLE_NAME')} (family {t['nfgen_family']})")
+    found = [f"nftables table {name} (family {family})" for name, family in nft_tables()]
     for fam in ("ip", "ip6"):
         try:
             with open(f"/proc/net/{fam}_tables_names") as fh:
@@ -52,6 +47,34 @@ def state() -> list[str]:
     except (FileNotFoundError, ValueError):
         pass
     return found
+
+
+NFT_MSG_GETTABLE = 1  # include/uapi/linux/netfilter/nf_tables.h
+NFPROTO_UNSPEC = 0
+
+
+def nft_tables() -> list[tuple[str, int]]:
+    """(name, family) of every nftables table in the caller's network namespace: one
+    NFT_MSG_GETTABLE dump (NFPROTO_UNSPEC: all families). pyroute2's message class, over
+    datapath/rtnl.py's transport: pyroute2's NFTables socket imports its asyncio core (~27 ms),
+    which a CNI verb run in-process would pay for this one dump (and the agent every second).
+    Raises rtnl.NetlinkError when the kernel refuses (no nf_tables)."""
+    from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg
+
+    from . import rtnl
+
+    class nft_table(nfgen_msg):  # the attributes we read of pyroute2's nft_table_msg
+        nla_map = (("NFTA_TABLE_UNSPEC", "none"), ("NFTA_TABLE_NAME", "asciiz"))
+
+    req = nfgen_msg()
+    req["nfgen_family"] = NFPROTO_UNSPEC
+    req["version"] = 0
+    req["res_id"] = 0
+    with rtnl.Rtnl(protocol=rtnl.NETLINK_NETFILTER) as nl:
+        msgs = nl.get(
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, req, "nftables tables", nft_table, rtnl.NLM_F_DUMP
+        )
+    return [(m.get_attr("NFTA_TABLE_NAME"), m["nfgen_family"]) for m in msgs]
 
 
 def wants_conntrack(mode: str, findings: list[str] | None = None) -> bool:

@@ -125,3 +125,20 @@ def ensure_bpffs(mountpoint: str = "/sys/fs/bpf") -> bool:
         err = ct.get_errno()
         raise OSError(err, f"cannot mount bpffs on {mountpoint}: {os.strerror(err)} (run as root)")
     return True
+
+
+class LoadError(RuntimeError):
+    """The node datapath could not be loaded, or a pinned program it needs is not there."""
+
+
+def open_program(root: str, name: str) -> int:
+    """fd of a pinned program (the CNI attaches pod programs from these); the caller closes it.
+    Here rather than in datapath/loader.py so that ADD does not import the loader (BCC glue,
+    YAML, pyroute2's IPRoute) to attach one program. Raises LoadError when it is not pinned."""
+    from . import libbpf
+
+    path = PinLayout(root).prog(name)
+    try:
+        return libbpf.obj_get(path)
+    except FileNotFoundError as exc:
+        raise LoadError(f"program {path} is not pinned: load the node datapath first") from exc

@@ -15,13 +15,15 @@ import fcntl
 import os
 import socket
 import struct
-
-from pyroute2 import IPRoute
+from typing import TYPE_CHECKING
 
 from . import attach as nl
 from .attach import TC_HANDLE, TC_POD_FILTER, TC_PRIO
-from .loader import open_program
+from .pins import open_program
 from .rtnl import Rtnl
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 
 def attach_host_side(ipr: IPRoute, root: str, host_ifindex: int) -> None:

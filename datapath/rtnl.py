@@ -34,15 +34,19 @@ import socket
 import struct
 import threading
 
-from pyroute2.netlink import nlmsg, nlmsgerr
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.ndmsg import ndmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
-from pyroute2.netlink.rtnl.tcmsg import tcmsg
+from . import pyroute2_light
 
-NETLINK_ROUTE = 0
+pyroute2_light.install()  # the message classes without pyroute2's __init__ (~130 ms of imports)
+from pyroute2.netlink import nlmsg, nlmsgerr  # noqa: E402
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # noqa: E402
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # noqa: E402
+from pyroute2.netlink.rtnl.ndmsg import ndmsg  # noqa: E402
+from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: E402
+from pyroute2.netlink.rtnl.tcmsg import tcmsg  # noqa: E402
+
+NETLINK_ROUTE, NETLINK_NETFILTER = 0, 12
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_ECHO = 0x1, 0x2, 0x4, 0x8
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
@@ -228,9 +232,13 @@ def _ifinfo(index: int = 0, flags: int = 0, change: int = 0, attrs: list | None 
 class Rtnl:
     """One rtnetlink socket in the caller's namespace, or in `netns_fd`'s."""
 
-    def __init__(self, netns_fd: int | None = None):
+    def __init__(self, netns_fd: int | None = None, protocol: int = NETLINK_ROUTE):
+        """`protocol`: another netlink family over the same transport (datapath/netfilter.py's
+        nftables table dump uses NETLINK_NETFILTER), in the caller's namespace only."""
         if netns_fd is None:
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+        elif protocol != NETLINK_ROUTE:
+            raise ValueError("sockets in another namespace are rtnetlink only")
         else:
             self.sock = socket_in_netns(netns_fd)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -329,8 +337,13 @@ class Rtnl:
             if code and code not in ok:
                 raise NetlinkError(code, what)
 
+    def get(self, kind: int, msg: nlmsg, what: str, reply: type[nlmsg], flags: int = 0) -> list[nlmsg]:
+        """A request and its answers, for users of other netlink families (see _get)."""
+        return self._get(kind, msg, what, reply, flags)
+
     def _get(self, kind: int, msg: nlmsg, what: str, reply: type[nlmsg], flags: int = 0) -> list[nlmsg]:
-        """One acked request and the messages answering it (decoded as `reply`)."""
+        """One acked request and the messages answering it (decoded as `reply`); with NLM_F_DUMP
+        in `flags`, every message of the dump (the kernel ends it with NLMSG_DONE, no ack)."""
         seq, raw = self._msg(kind, flags | NLM_F_ACK, msg)
         self.sock.sendall(raw)
         code, msgs = self._recv_until({seq}, reply)[seq]
