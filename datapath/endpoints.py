@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from . import abi, locks
 from .maps import PerCpuArray, PinnedMap
-from .pins import DEFAULT_ROOT, PinLayout
+from .pins import DEFAULT_ROOT, PinLayout, check_owned
 
 
 class EndpointTableFull(RuntimeError):
@@ -52,14 +52,21 @@ assert abi.IfaceInfo.ep_id.offset == 0 and abi.EndpointInfo.ifindex.offset == 0
 class EndpointTable:
     def __init__(self, root: str = DEFAULT_ROOT):
         self.layout = PinLayout(root)
-        self.endpoints = PinnedMap(self.layout, "endpoints")
-        self.ifaces = PinnedMap(self.layout, "ifaces")
-        self.tx_ports = PinnedMap(self.layout, "tx_ports")
-        self.counters = PerCpuArray(self.layout, "counters")
+        check_owned(self.layout.maps_dir)  # once for the four maps of that directory
+        self.endpoints = self.ifaces = self.tx_ports = self.counters = None
+        try:
+            self.endpoints = PinnedMap(self.layout, "endpoints", owner_checked=True)
+            self.ifaces = PinnedMap(self.layout, "ifaces", owner_checked=True)
+            self.tx_ports = PinnedMap(self.layout, "tx_ports", owner_checked=True)
+            self.counters = PerCpuArray(self.layout, "counters", owner_checked=True)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         for m in (self.endpoints, self.ifaces, self.tx_ports, self.counters):
-            m.close()
+            if m is not None:
+                m.close()
 
     def __enter__(self):
         return self
@@ -81,8 +88,7 @@ class EndpointTable:
             existing = self.ifaces.get(ep.ifindex)
             ep.ep_id = existing.ep_id if existing is not None else self._free_ep_id()
             if existing is None:
-                for reason in range(abi.REASON_MAX):
-                    self.counters.zero(ep.ep_id * abi.REASON_MAX + reason)
+                self.counters.zero(ep.ep_id * abi.REASON_MAX, abi.REASON_MAX)
             pod_mac = abi.mac_to_bytes(ep.pod_mac)
             host_mac = abi.mac_to_bytes(ep.host_mac)
             self.tx_ports.put(ep.ifindex, ctypes.c_uint32(ep.ifindex))
@@ -117,8 +123,7 @@ class EndpointTable:
             iface = self.ifaces.get(ifindex)
             if iface is not None:
                 found |= self.ifaces.delete(ifindex)
-                for reason in range(abi.REASON_MAX):
-                    self.counters.zero(iface.ep_id * abi.REASON_MAX + reason)
+                self.counters.zero(iface.ep_id * abi.REASON_MAX, abi.REASON_MAX)
             found |= self.tx_ports.delete(ifindex)
         return found
 

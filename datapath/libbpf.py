@@ -138,6 +138,13 @@ def _lib() -> ct.CDLL:
     lib.bpf_map_get_next_key.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
     lib.bpf_map_lookup_batch.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.c_void_p]
     lib.bpf_map_lookup_batch.argtypes += [ct.POINTER(ct.c_uint32), ct.c_void_p]
+    lib.bpf_map_update_batch.argtypes = [
+        ct.c_int,
+        ct.c_void_p,
+        ct.c_void_p,
+        ct.POINTER(ct.c_uint32),
+        ct.c_void_p,
+    ]
     lib.bpf_obj_get_info_by_fd.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
     lib.bpf_prog_test_run_opts.argtypes = [ct.c_int, ct.POINTER(BpfTestRunOpts)]
     lib.bpf_enable_stats.argtypes = [ct.c_int]
@@ -219,6 +226,18 @@ def map_items_batch_raw(fd: int, key_type, value_type, max_entries: int) -> tupl
         _check(ret, "bpf_map_lookup_batch")
     n = count.value
     return n, bytes(keys)[: n * ct.sizeof(key_type)], bytes(values)[: n * ct.sizeof(value_type)]
+
+
+def map_update_batch(fd: int, keys, values, count: int) -> None:
+    """Write `count` entries in one BPF_MAP_UPDATE_BATCH call (kernel >= 5.6; hash and array maps,
+    per-CPU ones included) instead of one syscall each: `keys` and `values` are buffers holding
+    them back to back, a per-CPU value being one slot per possible CPU, each rounded up to 8 bytes
+    (as for one update). All or an error: the kernel stops at the first failure and says how
+    many it wrote; that is raised as OSError."""
+    n = ct.c_uint32(count)
+    ret = _lib().bpf_map_update_batch(fd, keys, values, ct.byref(n), None)
+    if ret < 0:
+        _check(ret, f"bpf_map_update_batch ({n.value} of {count} written)")
 
 
 def map_items_batch(fd: int, key_type, value_type, max_entries: int) -> list:

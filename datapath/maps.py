@@ -17,12 +17,15 @@ BPF_MAP_TYPE_HASH = 1
 
 
 class PinnedMap:
-    def __init__(self, layout: PinLayout, name: str):
+    def __init__(self, layout: PinLayout, name: str, owner_checked: bool = False):
+        """owner_checked: the caller has just run check_owned(layout.maps_dir) itself (a table
+        opening several maps of one directory checks it once)."""
         self.name = name
         self.path = layout.map(name)
         self.key_type, self.value_type = abi.MAP_LAYOUT[name]
         self.fd = -1
-        check_owned(layout.maps_dir)  # never act on pins someone else could have made
+        if not owner_checked:
+            check_owned(layout.maps_dir)  # never act on pins someone else could have made
         try:
             self.fd = libbpf.obj_get(self.path)
         except FileNotFoundError as exc:
@@ -93,8 +96,8 @@ class PinnedMap:
 class PerCpuArray(PinnedMap):
     """A per-CPU array: one value per possible CPU, each padded to 8 bytes."""
 
-    def __init__(self, layout: PinLayout, name: str):
-        super().__init__(layout, name)
+    def __init__(self, layout: PinLayout, name: str, owner_checked: bool = False):
+        super().__init__(layout, name, owner_checked)
         self.ncpu = libbpf.num_possible_cpus()
         self.stride = (ct.sizeof(self.value_type) + 7) & ~7
 
@@ -105,6 +108,12 @@ class PerCpuArray(PinnedMap):
         raw = bytes(buf)
         return [self.value_type.from_buffer_copy(raw, i * self.stride) for i in range(self.ncpu)]
 
-    def zero(self, index: int) -> None:
-        buf = (ct.c_uint8 * (self.stride * self.ncpu))()
-        libbpf.map_update(self.fd, ct.c_uint32(index), buf)
+    def zero(self, index: int, count: int = 1) -> None:
+        """Zero `count` consecutive indexes from `index` on every CPU (one batch update)."""
+        if count == 1:
+            buf = (ct.c_uint8 * (self.stride * self.ncpu))()
+            libbpf.map_update(self.fd, ct.c_uint32(index), buf)
+            return
+        keys = (ct.c_uint32 * count)(*range(index, index + count))
+        values = (ct.c_uint8 * (self.stride * self.ncpu * count))()
+        libbpf.map_update_batch(self.fd, keys, values, count)

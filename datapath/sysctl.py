@@ -22,12 +22,17 @@ def sys_net(rel: str) -> str:
 
 
 def _write(path: str, value: str) -> bool:
+    """One write(2) of `value` (an unbuffered fd: no text layer, no O_CREAT/O_TRUNC, as
+    sysctl(8) writes); False when the sysctl does not exist."""
     try:
-        with open(path, "w") as fh:
-            fh.write(value)
-        return True
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+    return True
 
 
 def enable_forwarding(ifname: str) -> None:

@@ -46,22 +46,31 @@ class LeaseStore:
     def __init__(self, directory: str, lock_timeout: float | None = None):
         self.dir = directory
         self.lock_timeout = lock_timeout  # None: the verb's deadline (datapath/locks.py)
+        self._names: list[str] | None = None  # the directory as the lock holder's sweep saw it
 
     @contextmanager
     def locked(self):
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         with flocked(os.path.join(self.dir, LOCK_NAME), "IPAM lease lock", self.lock_timeout):
-            self._sweep_temporaries()
-            yield self
+            self._names = self._sweep_temporaries()
+            try:
+                yield self
+            finally:
+                self._names = None
 
-    def _sweep_temporaries(self) -> None:
-        """Writes happen under the lock, so a temporary seen by the lock holder is a crash's leftover."""
+    def _sweep_temporaries(self) -> list[str]:
+        """Writes happen under the lock, so a temporary seen by the lock holder is a crash's
+        leftover. Returns the other names."""
+        names = []
         for name in os.listdir(self.dir):
             if ".tmp" in name:
                 try:
                     os.unlink(os.path.join(self.dir, name))
                 except FileNotFoundError:
                     pass
+            else:
+                names.append(name)
+        return names
 
     def leases(self) -> dict[str, Owner | None]:
         """address -> (container id, ifname), or None when the owner cannot be read; readable
@@ -86,11 +95,16 @@ class LeaseStore:
         return out
 
     def addresses(self) -> set[str]:
-        """Every leased address, readable owner or not (names only: no file is read)."""
-        if not os.path.isdir(self.dir):
-            return set()
+        """Every leased address, readable owner or not (names only: no file is read). Under the
+        lock, the names its sweep listed: this holder's own reservations since then may be
+        missing, which costs nothing (reserve() is exclusive and refuses a taken address)."""
+        names = self._names
+        if names is None:
+            if not os.path.isdir(self.dir):
+                return set()
+            names = os.listdir(self.dir)
         out = set()
-        for name in os.listdir(self.dir):
+        for name in names:
             try:
                 ipaddress.ip_address(name)
             except ValueError:

@@ -29,7 +29,9 @@ def ns():
 
 
 def _nft(ns: str, *args: str) -> str:
-    out = subprocess.run(["ip", "netns", "exec", ns, "nft", *args], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", *args], capture_output=True, text=True, check=True
+    )
     return out.stdout
 
 
