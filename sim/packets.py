@@ -139,9 +139,13 @@ def udp_exchange(
     return got
 
 
-def tcp_bulk(src_ns: str, dst_ns: str, dst: str, nbytes: int, port: int, timeout: float = 10.0) -> int:
+def tcp_bulk(
+    src_ns: str, dst_ns: str, dst: str, nbytes: int, port: int, timeout: float = 10.0, established=None
+) -> int:
     """One TCP connection from a socket in src_ns to dst:port (a sink in dst_ns) carrying `nbytes`,
-    closed in both directions (the client waits for the peer's FIN); returns the bytes received."""
+    closed in both directions (the client waits for the peer's FIN); returns the bytes received.
+    `established`: called once the connection is up and its first byte sent, before the rest (a
+    test waits there for what the node does with an established flow)."""
     fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
     with entered(dst_ns):
         srv = socket.socket(fam, socket.SOCK_STREAM)
@@ -165,6 +169,10 @@ def tcp_bulk(src_ns: str, dst_ns: str, dst: str, nbytes: int, port: int, timeout
     try:
         cli.settimeout(timeout)
         cli.connect((dst, port))
+        if established is not None and nbytes:
+            cli.sendall(b"b")
+            nbytes -= 1
+            established()
         cli.sendall(b"b" * nbytes)
         cli.shutdown(socket.SHUT_WR)
         cli.recv(1)  # the peer's FIN: the close completed both ways

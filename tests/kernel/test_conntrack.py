@@ -478,18 +478,29 @@ def test_the_agent_marks_established_flows_liberal_so_tcp_takes_the_fast_path(ga
         inv0 = invalid_drops(node.ns)
         with Stats(node.pin_root) as st:
             fast0 = st.packets(pod.ep.ep_id, Reason.FWD_POD_TO_NIC)
-        assert tcp_bulk(pod.ns, c.wire, WIRE_HOST_V4, 16 << 20, 47203) == 16 << 20
+
+        def flows():
+            with entered(node.ns), ctliberal.CTConn() as conn:
+                return [
+                    e
+                    for e in ctliberal.dump_tcp(conn, socket.AF_INET, assured_only=False)
+                    if ctliberal.entry_tuple(e).dport == 47203
+                ]
+
+        def marked() -> None:
+            # The agent reacts to conntrack's event for the established flow; under a loaded
+            # machine that can take longer than a whole bulk transfer, so the bulk waits for it.
+            deadline = time.monotonic() + 10
+            while not (flows() and all(ctliberal.is_liberal(e) for e in flows())):
+                assert time.monotonic() < deadline, "the agent never marked the established flow liberal"
+                time.sleep(0.02)
+
+        assert tcp_bulk(pod.ns, c.wire, WIRE_HOST_V4, 16 << 20, 47203, established=marked) == 16 << 20
         with Stats(node.pin_root) as st:
             fast = st.packets(pod.ep.ep_id, Reason.FWD_POD_TO_NIC) - fast0
         assert fast > 0, "the flow never took the fast path"
         assert invalid_drops(node.ns) == inv0, "conntrack marked packets INVALID"
-        with entered(node.ns), ctliberal.CTConn() as conn:
-            flows = [
-                e
-                for e in ctliberal.dump_tcp(conn, socket.AF_INET, assured_only=False)
-                if ctliberal.entry_tuple(e).dport == 47203
-            ]
-        assert flows and all(ctliberal.is_liberal(e) for e in flows)
+        assert flows() and all(ctliberal.is_liberal(e) for e in flows())
     finally:
         agent.stop()
     assert "conntrack liberal marker:" in _read(agent.log_path)
