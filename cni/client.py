@@ -296,6 +296,8 @@ def _product():
     try:
         import cni.main
 
+        if no_site and not _dependencies_found():
+            raise ImportError("a dependency is only reachable through a .pth file")
         return cni.main
     except ImportError:
         pass
@@ -314,10 +316,23 @@ def _product():
         try:
             import cni.main
 
-            return cni.main
+            if last_resort or not no_site or _dependencies_found():
+                return cni.main
         except ImportError:
             pass
     return None
+
+
+# What a verb run in-process imports besides the standard library (pyproject.toml's dependencies
+# that cni/ and datapath/ use on the per-call path; BCC only in the loader's own process).
+_DEPENDENCIES = ("pyroute2", "yaml")
+
+
+def _dependencies_found() -> bool:
+    """Whether every dependency is on sys.path as it is (else site.main()'s .pth files must run)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in _DEPENDENCIES)
 
 
 def _site_dirs() -> "list[str]":
@@ -339,7 +354,7 @@ def _site_dirs() -> "list[str]":
                 settings = dict(
                     (k.strip().lower(), v.strip().lower()) for k, _, v in (ln.partition("=") for ln in fh)
                 )
-            system = settings.get("include-system-site-packages") == "true"
+            system = settings.get("include-system-site-packages", "true") == "true"  # as site.venv()
             v = sys.version_info
             dirs.append(
                 os.path.join(os.path.dirname(cfg), "lib", f"python{v.major}.{v.minor}", "site-packages")

@@ -157,11 +157,11 @@ def configure_pod(pod_nl: Rtnl, link: PodLink, ips: list[str]) -> None:
     pod_nl.set_up(idx)
     if v4:
         pod_nl.replace_neigh(idx, GATEWAY_V4, link.host_mac)
-        pod_nl.replace_route(GATEWAY_V4, 32, idx, scope=RT_SCOPE_LINK)
-        pod_nl.replace_route("0.0.0.0", 0, idx, gateway=GATEWAY_V4)
+        pod_nl.replace_route(GATEWAY_V4, 32, idx, scope=RT_SCOPE_LINK, repeats=True)
+        pod_nl.replace_route("0.0.0.0", 0, idx, gateway=GATEWAY_V4, repeats=True)
     if v6:
         pod_nl.replace_neigh(idx, GATEWAY_V6, link.host_mac)
-        pod_nl.replace_route("::", 0, idx, gateway=GATEWAY_V6)
+        pod_nl.replace_route("::", 0, idx, gateway=GATEWAY_V6, repeats=True)
     pod_nl.flush()
 
 

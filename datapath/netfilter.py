@@ -53,26 +53,38 @@ NFT_MSG_GETTABLE = 1  # include/uapi/linux/netfilter/nf_tables.h
 NFPROTO_UNSPEC = 0
 
 
+_NFT_TABLE = None  # pyroute2 message class of a table, made on first use (after rtnl's import)
+
+
 def nft_tables() -> list[tuple[str, int]]:
     """(name, family) of every nftables table in the caller's network namespace: one
     NFT_MSG_GETTABLE dump (NFPROTO_UNSPEC: all families). pyroute2's message class, over
     datapath/rtnl.py's transport: pyroute2's NFTables socket imports its asyncio core (~27 ms),
     which a CNI verb run in-process would pay for this one dump (and the agent every second).
     Raises rtnl.NetlinkError when the kernel refuses (no nf_tables)."""
+    global _NFT_TABLE
+    from . import pyroute2_light, rtnl
+
+    pyroute2_light.install()  # pyroute2's message classes only, not its __init__ (rtnl did it too)
     from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg
 
-    from . import rtnl
+    if _NFT_TABLE is None:
 
-    class nft_table(nfgen_msg):  # the attributes we read of pyroute2's nft_table_msg
-        nla_map = (("NFTA_TABLE_UNSPEC", "none"), ("NFTA_TABLE_NAME", "asciiz"))
+        class nft_table(nfgen_msg):  # the attributes we read of pyroute2's nft_table_msg
+            nla_map = (("NFTA_TABLE_UNSPEC", "none"), ("NFTA_TABLE_NAME", "asciiz"))
 
+        _NFT_TABLE = nft_table
     req = nfgen_msg()
     req["nfgen_family"] = NFPROTO_UNSPEC
     req["version"] = 0
     req["res_id"] = 0
     with rtnl.Rtnl(protocol=rtnl.NETLINK_NETFILTER) as nl:
         msgs = nl.get(
-            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, req, "nftables tables", nft_table, rtnl.NLM_F_DUMP
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+            req,
+            "nftables tables",
+            _NFT_TABLE,
+            rtnl.NLM_F_DUMP,
         )
     return [(m.get_attr("NFTA_TABLE_NAME"), m["nfgen_family"]) for m in msgs]
 

@@ -39,7 +39,7 @@ def install() -> None:
         module.__path__ = list(spec.submodule_search_locations)
         module.__package__ = "pyroute2"
         module.__loader__ = spec.loader
-        state = {"done": False}
+        state = {"loading": None}  # the thread running the real __init__, while it runs
 
         def __getattr__(name: str):
             # Dunder lookups (copy, pickle, inspect probing the module) must not trigger the load.
@@ -48,11 +48,16 @@ def install() -> None:
             # `from pyroute2 import config` inside pyroute2 names a submodule: import just that.
             if importlib.util.find_spec(f"pyroute2.{name}") is not None:
                 return importlib.import_module(f"pyroute2.{name}")
-            with _LOCK:
-                if not state["done"]:
-                    state["done"] = True
-                    del module.__dict__["__getattr__"]
-                    spec.loader.exec_module(module)
+            with _LOCK:  # other threads wait here until the real __init__ has run
+                if "__getattr__" in module.__dict__ and state["loading"] != threading.get_ident():
+                    state["loading"] = threading.get_ident()
+                    try:
+                        spec.loader.exec_module(module)
+                    finally:
+                        state["loading"] = None
+                    # Only once it ran: a failed __init__ is run again (and raises again) on the
+                    # next lookup instead of leaving a half-made package behind.
+                    module.__dict__.pop("__getattr__", None)
             try:
                 return module.__dict__[name]
             except KeyError:

@@ -17,8 +17,10 @@ removed from ADD:
 
 Costs, measured: pyroute2 encodes a message in ~57-65 us, so an ADD's dozen requests take ~0.8 ms
 to encode and ~0.2 ms to parse their acks (the hand-rolled struct codec this replaced: ~0.05 ms in
-all), and importing pyroute2 costs ~170 ms. The node agent imports it once; the in-process fallback
-(the CNI binary running ADD itself when no agent answers) pays that import on every call.
+all). Requests every pod repeats byte for byte (lo and eth0 up, the pod's routes) are encoded once
+per process (_ENCODED). Importing all of pyroute2 costs ~130 ms; this module imports only its
+rtnetlink message classes (datapath/pyroute2_light.py, ~25 ms), which is what the in-process
+fallback (the CNI binary running a verb itself when no agent answers) pays on every call.
 
 Only what ADD/DEL need is here: veth pairs (peer created directly in the pod's namespace),
 addresses, routes, neighbours, clsact + a cls_bpf filter, XDP, link lookups and deletes.
@@ -493,16 +495,23 @@ class Rtnl:
         self.queue(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, msg, f"address {addr}/{prefixlen}")
 
     def replace_route(
-        self, dst: str, dst_len: int, oif: int, gateway: str | None = None, scope: int = RT_SCOPE_UNIVERSE
+        self,
+        dst: str,
+        dst_len: int,
+        oif: int,
+        gateway: str | None = None,
+        scope: int = RT_SCOPE_UNIVERSE,
+        repeats: bool = False,
     ) -> None:
-        """A pod's routes are the same in every pod (eth0 is ifindex 2 in a fresh namespace):
-        their bytes come from _ENCODED after the first."""
+        """repeats=True: a route every pod has (its gateway and default routes: eth0 is ifindex 2
+        in a fresh namespace), whose bytes come from _ENCODED after the first; per-pod routes
+        (the node's route to a pod) would only fill it."""
         self.queue(
             RTM_NEWROUTE,
             NLM_F_CREATE | NLM_F_REPLACE,
             lambda: self._route(dst, dst_len, oif, gateway, scope),
             f"route {dst}/{dst_len}",
-            key=("route", dst, dst_len, oif, gateway, scope),
+            key=("route", dst, dst_len, oif, gateway, scope) if repeats else None,
         )
 
     @staticmethod

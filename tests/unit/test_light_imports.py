@@ -66,13 +66,54 @@ product = client._product()
 print(product.__name__)
 print("_distutils_hack" in sys.modules)
 print([m for m in sys.modules if m.startswith("__editable__")])
-import pyroute2.netlink, bcc
-print(pyroute2.netlink.__file__.startswith(sys.prefix) or "site-packages" in pyroute2.netlink.__file__)
+import pyroute2.netlink, yaml
+print(pyroute2.netlink.__file__, yaml.__file__)
 """
     name, shims, finders, found = _run(code, "-I", "-S")
     assert name == "cni.main"
     assert shims == "False" and finders == "[]"
-    assert found == "True"
+    # the same packages as a process whose site.main() ran
+    assert [found] == _run("import pyroute2.netlink, yaml; print(pyroute2.netlink.__file__, yaml.__file__)")
+
+
+def test_site_dirs_are_the_directories_site_main_adds():
+    """In the executable's `python -I -S`, _site_dirs() lists what site.main() would have put on
+    sys.path for the same interpreter, in the same order (.pth additions aside)."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from cni import client
+print(client._site_dirs())
+"""
+    (mine,) = _run(code, "-I", "-S")
+    (with_site,) = _run(
+        "import sys; print([p for p in sys.path if p.endswith(('site-packages', 'dist-packages'))])", "-I"
+    )
+    assert eval(mine) == eval(with_site)
+
+
+def test_lazy_pyroute2_completes_once_under_concurrent_first_use():
+    """Two threads asking pyroute2 for package attributes while its real __init__ runs (~130 ms):
+    the second waits for it instead of finding a half-made package."""
+    code = f"""
+import sys, threading, time
+sys.path.insert(0, {str(ROOT)!r})
+import datapath.rtnl
+import pyroute2
+errors = []
+def ask(name, delay):
+    time.sleep(delay)
+    try:
+        getattr(pyroute2, name)
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=ask, args=(n, d)) for n, d in (("NDB", 0), ("IPRoute", 0.01), ("IPSet", 0.02))]
+for t in threads: t.start()
+for t in threads: t.join()
+from datapath import pyroute2_light
+print(errors, pyroute2_light.complete())
+"""
+    assert _run(code) == ["[] True"]
 
 
 def test_site_dirs_follow_pyvenv_cfg(tmp_path, monkeypatch):
@@ -92,3 +133,15 @@ def test_site_dirs_follow_pyvenv_cfg(tmp_path, monkeypatch):
     assert dirs[1:] == [d for d in site.getsitepackages() if os.path.isdir(d)]
     (venv / "pyvenv.cfg").unlink()  # not a venv: the system's only
     assert client._site_dirs() == [d for d in site.getsitepackages() if os.path.isdir(d)]
+
+
+def test_a_dependency_only_a_pth_file_knows_makes_the_fallback_run_site():
+    code = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from cni import client
+client._DEPENDENCIES = ("pyroute2", "xdpcni_only_a_pth_file_knows_this")
+product = client._product()
+print(product.__name__, "_distutils_hack" in sys.modules)
+"""
+    assert _run(code, "-I", "-S") == ["cni.main True"]

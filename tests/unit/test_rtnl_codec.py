@@ -14,6 +14,7 @@ namespace or privileges.
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 import struct
 import sys
@@ -348,7 +349,11 @@ def test_repeated_requests_reuse_pyroute2s_bytes_with_their_own_sequence_number(
     primer.seq = 1000
     for name in ("set_up", "replace_route"):
         CASES[name](primer)
-    assert rtnl._ENCODED
+    assert not any(key[2][0] == "route" for key in rtnl._ENCODED)  # routes only when they repeat
+    with monkeypatch.context() as m:
+        m.setattr(rtnl.Rtnl, "replace_route", functools.partialmethod(rtnl.Rtnl.replace_route, repeats=True))
+        CASES["replace_route"](primer)
+    assert any(key[2][0] == "route" for key in rtnl._ENCODED)
     assert primer.sock.sent[0][8:12] == (1001).to_bytes(4, sys.byteorder)
 
     def no_building(*args, **kwargs):
@@ -356,6 +361,9 @@ def test_repeated_requests_reuse_pyroute2s_bytes_with_their_own_sequence_number(
 
     monkeypatch.setattr(rtnl, "_ifinfo", no_building)
     monkeypatch.setattr(rtnl.Rtnl, "_route", staticmethod(no_building))
+    monkeypatch.setattr(
+        rtnl.Rtnl, "replace_route", functools.partialmethod(rtnl.Rtnl.replace_route, repeats=True)
+    )
     assert capture("set_up") == EXPECTED["set_up"]
     assert capture("replace_route") == EXPECTED["replace_route"]
 
