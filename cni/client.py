@@ -288,39 +288,31 @@ def _version(stdin: bytes) -> str:
 def _product():
     """cni.main of the installed package or of the checkout this file is in; None if neither."""
     import gc
+    import os.path
 
     gc.disable()  # one verb and exit: the cyclic GC would only slow the imports down
     no_site = sys.flags.no_site and "site" not in sys.modules
     if no_site:
         sys.path.extend(d for d in _site_dirs() if d not in sys.path)
-    try:
-        import cni.main
-
-        if no_site and not _dependencies_found():
-            raise ImportError("a dependency is only reachable through a .pth file")
-        return cni.main
-    except ImportError:
-        pass
-    import os.path
-
     checkout = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # <checkout>/cni/client.py
     if os.path.isfile(os.path.join(checkout, "cni", "main.py")) and checkout not in sys.path:
         sys.path.append(checkout)
-    for last_resort in (False, True):
-        if last_resort:
-            if not no_site:
-                return None
-            import site
+    main = _import_main()
+    if no_site and (main is None or not _dependencies_found()):
+        import site
 
-            site.main()  # an install only .pth files know about
-        try:
-            import cni.main
+        site.main()  # an install, or a dependency, that only .pth files know about
+        main = main or _import_main()
+    return main
 
-            if last_resort or not no_site or _dependencies_found():
-                return cni.main
-        except ImportError:
-            pass
-    return None
+
+def _import_main():
+    try:
+        import cni.main
+
+        return cni.main
+    except ImportError:
+        return None
 
 
 # What a verb run in-process imports besides the standard library (pyproject.toml's dependencies
