@@ -5,10 +5,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from . import pyroute2_light
-
-pyroute2_light.install()  # the CNI path imports this for its constants: not all of pyroute2
-from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
+from pyroute2.netlink.exceptions import NetlinkError
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute

@@ -110,10 +110,6 @@ class PerCpuArray(PinnedMap):
 
     def zero(self, index: int, count: int = 1) -> None:
         """Zero `count` consecutive indexes from `index` on every CPU (one batch update)."""
-        if count == 1:
-            buf = (ct.c_uint8 * (self.stride * self.ncpu))()
-            libbpf.map_update(self.fd, ct.c_uint32(index), buf)
-            return
         keys = (ct.c_uint32 * count)(*range(index, index + count))
         values = (ct.c_uint8 * (self.stride * self.ncpu * count))()
         libbpf.map_update_batch(self.fd, keys, values, count)

@@ -53,7 +53,7 @@ NFT_MSG_GETTABLE = 1  # include/uapi/linux/netfilter/nf_tables.h
 NFPROTO_UNSPEC = 0
 
 
-_NFT_TABLE = None  # pyroute2 message class of a table, made on first use (after rtnl's import)
+_NFT_TABLE = None  # pyroute2 message class of a table, made on first use
 
 
 def nft_tables() -> list[tuple[str, int]]:
@@ -63,10 +63,9 @@ def nft_tables() -> list[tuple[str, int]]:
     which a CNI verb run in-process would pay for this one dump (and the agent every second).
     Raises rtnl.NetlinkError when the kernel refuses (no nf_tables)."""
     global _NFT_TABLE
-    from . import pyroute2_light, rtnl
-
-    pyroute2_light.install()  # pyroute2's message classes only, not its __init__ (rtnl did it too)
     from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg
+
+    from . import rtnl
 
     if _NFT_TABLE is None:
 

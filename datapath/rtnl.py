@@ -37,15 +37,14 @@ import struct
 import sys
 import threading
 
-from . import pyroute2_light
-
-pyroute2_light.install()  # the message classes without pyroute2's __init__ (~130 ms of imports)
-from pyroute2.netlink import nlmsg, nlmsgerr  # noqa: E402
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # noqa: E402
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # noqa: E402
-from pyroute2.netlink.rtnl.ndmsg import ndmsg  # noqa: E402
-from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: E402
-from pyroute2.netlink.rtnl.tcmsg import tcmsg  # noqa: E402
+# Only the message classes, not pyroute2's __init__: the package's import arranged that
+# (datapath/__init__.py, datapath/pyroute2_light.py).
+from pyroute2.netlink import nlmsg, nlmsgerr
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 NETLINK_ROUTE, NETLINK_NETFILTER = 0, 12
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_ECHO = 0x1, 0x2, 0x4, 0x8
@@ -367,10 +366,6 @@ class Rtnl:
                 raise NetlinkError(code, what)
 
     def get(self, kind: int, msg: nlmsg, what: str, reply: type[nlmsg], flags: int = 0) -> list[nlmsg]:
-        """A request and its answers, for users of other netlink families (see _get)."""
-        return self._get(kind, msg, what, reply, flags)
-
-    def _get(self, kind: int, msg: nlmsg, what: str, reply: type[nlmsg], flags: int = 0) -> list[nlmsg]:
         """One acked request and the messages answering it (decoded as `reply`); with NLM_F_DUMP
         in `flags`, every message of the dump (the kernel ends it with NLMSG_DONE, no ack)."""
         seq, raw = self._msg(kind, flags | NLM_F_ACK, msg)
@@ -387,7 +382,7 @@ class Rtnl:
         if ifname is not None:
             attrs.append(("IFLA_IFNAME", ifname))
         try:
-            msgs = self._get(RTM_GETLINK, _ifinfo(index, attrs=attrs), f"link {ifname or index}", ifinfmsg)
+            msgs = self.get(RTM_GETLINK, _ifinfo(index, attrs=attrs), f"link {ifname or index}", ifinfmsg)
         except NetlinkError as exc:
             if exc.code in (errno.ENODEV, errno.ENOENT):
                 return None
@@ -446,7 +441,7 @@ class Rtnl:
                 ("IFLA_LINKINFO", linkinfo),
             ],
         )
-        msgs = self._get(
+        msgs = self.get(
             RTM_NEWLINK, msg, f"create veth {host_ifname}", ifinfmsg, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO
         )
         echoed = None
