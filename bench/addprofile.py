@@ -71,10 +71,10 @@ def profile(n_pods: int, endpoints: int, log=print) -> dict:
         marks.append((name, time.perf_counter()))
         orig_step(name)
 
-    def msg(self, kind, flags, m, key=None):
+    def msg(self, kind, flags, m, key=None, fields=()):
         t = time.perf_counter()
         try:
-            return orig_msg(self, kind, flags, m, key)
+            return orig_msg(self, kind, flags, m, key, fields)
         finally:
             encode[RTM_NAMES.get(kind, str(kind))].append(time.perf_counter() - t)
 
@@ -94,6 +94,7 @@ def profile(n_pods: int, endpoints: int, log=print) -> dict:
             graveyard = f"{node.ns}-gy"
             add_fake_endpoints(node, endpoints, graveyard, log)
         cni_node.WATCHED_ROOTS.add(node.pin_root)
+        rtnl.use_templates()
         testhook.step, rtnl.Rtnl._msg, rtnl.Rtnl.__init__ = step, msg, init
         gc.collect()
         gc.disable()
@@ -132,6 +133,7 @@ def profile(n_pods: int, endpoints: int, log=print) -> dict:
                 gc.collect()
     finally:
         gc.enable()
+        rtnl.use_templates(False)
         testhook.step, rtnl.Rtnl._msg, rtnl.Rtnl.__init__ = orig_step, orig_msg, orig_init
         cni_node.WATCHED_ROOTS.discard(bn.node.pin_root if bn.node else "")
         if pods is not None:

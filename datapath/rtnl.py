@@ -1,9 +1,9 @@
 """rtnetlink for the per-pod work of CNI ADD and DEL: pyroute2's codec over a transport of our own.
 
-Every message is built and parsed by pyroute2's message classes (ifinfmsg, ifaddrmsg, rtmsg, ndmsg,
-tcmsg with its cls_bpf options, nlmsg / nlmsgerr for headers and acks); what this module keeps is
-the socket and the request/ack loop, because pyroute2's own (IPRoute / NetNS) costs what issue 12
-removed from ADD:
+Every request is encoded by pyroute2's message classes (ifinfmsg, ifaddrmsg, rtmsg, ndmsg, tcmsg
+with its cls_bpf options), and replies are decoded by them (lookups, dumps); what this module
+keeps is the socket, the request/ack loop and its framing, because pyroute2's own (IPRoute /
+NetNS) costs what issue 12 removed from ADD:
 
 - Reaching another namespace: pyroute2's NetNS forks a helper process. Here a socket is bound to
   the network namespace it was created in, so `Rtnl(netns_fd=fd)` has its socket made by a helper
@@ -12,15 +12,22 @@ removed from ADD:
 - Each IPRoute request runs an asyncio loop (~1-2 ms of Python per call in the node agent); here a
   request is one sendall and one recv loop.
 - Batching: queue() + flush() send several requests in one sendall and then read one ack per
-  request, matched by sequence number: the kernel runs them in order and acks each, so N requests
-  cost one round trip.
+  batch, matched by sequence number: the kernel runs them in order, so N requests cost one
+  round trip.
+- Framing: message headers and an ack's error code are read with struct (~0.3 us a message,
+  pyroute2's nlmsg + nlmsgerr ~19 us); the veth creation's 1.5 KB echo is read for the five
+  attributes ADD needs (Link.from_raw, ~10 us; pyroute2 decodes all of it in ~180 us).
 
-Costs, measured: pyroute2 encodes a message in ~57-65 us, so an ADD's dozen requests take ~0.8 ms
-to encode and ~0.2 ms to parse their acks (the hand-rolled struct codec this replaced: ~0.05 ms in
-all). Requests every pod repeats byte for byte (lo and eth0 up, the pod's routes) are encoded once
-per process (_ENCODED). Importing all of pyroute2 costs ~130 ms; this module imports only its
-rtnetlink message classes (datapath/pyroute2_light.py, ~25 ms), which is what the in-process
-fallback (the CNI binary running a verb itself when no agent answers) pays on every call.
+Encoding costs, measured: pyroute2 encodes a message in ~60-430 us (the veth pair the most), an
+ADD's dozen requests ~1.2 ms. Requests every pod repeats byte for byte (lo and eth0 up, the pod's
+routes) are encoded once per process (_ENCODED); in a long-running process (the node agent:
+use_templates) each per-pod request shape is encoded by pyroute2 once, with where each per-pod
+value (ifindex, MAC, address, name of a given length, fd) lies in its bytes, and later requests of
+that shape are those bytes with their values written in (_Template: ~5 us; checked against
+pyroute2's own encodings when made, and by tests/unit/test_rtnl_codec.py for random values).
+Importing all of pyroute2 costs ~130 ms; this module imports only its rtnetlink message classes
+(datapath/pyroute2_light.py, ~25 ms), which is what the in-process fallback (the CNI binary running
+a verb itself when no agent answers) pays on every call.
 
 Only what ADD/DEL need is here: veth pairs (peer created directly in the pod's namespace),
 addresses, routes, neighbours, clsact + a cls_bpf filter, XDP, link lookups and deletes.
@@ -39,7 +46,7 @@ import threading
 
 # Only the message classes, not pyroute2's __init__: the package's import arranged that
 # (datapath/__init__.py, datapath/pyroute2_light.py).
-from pyroute2.netlink import nlmsg, nlmsgerr
+from pyroute2.netlink import nlmsg
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
@@ -55,7 +62,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_NEWROUTE, RTM_NEWNEIGH = 20, 24, 28
 RTM_NEWQDISC, RTM_NEWTFILTER = 36, 44
 
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO, IFLA_IFALIAS = 1, 3, 4, 18, 20
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_LINKINFO, IFLA_IFALIAS = 1, 3, 4, 5, 18, 20
 IFLA_NET_NS_FD, IFLA_EXT_MASK, IFLA_XDP = 28, 29, 43
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFLA_XDP_FD, IFLA_XDP_FLAGS = 1, 3
@@ -74,18 +81,133 @@ RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST = 254, 4, 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 CLONE_NEWNET = 0x40000000
 
-# Raw layouts of the netlink header and ifinfomsg, for tests/e2e/test_cni_netlink.py's link
-# monitor (with parse_attrs below); nothing in this module builds or parses with them.
+# Raw layouts of the netlink header and ifinfomsg: the transport's framing (_recv_until), the
+# veth creation's echo (Link.from_raw) and tests/e2e/test_cni_netlink.py's link monitor (with
+# parse_attrs below). Requests are encoded by pyroute2 only.
 _NLHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _NLA = struct.Struct("=HH")
+_ERRNO = struct.Struct("=i")  # nlmsgerr's error, after the header
 
 
-# Requests pyroute2 encoded, by (type, flags, builder key): the requests every pod's ADD repeats
-# byte for byte (lo and eth0 up, the pod's routes) are encoded once per process (the node agent);
-# pyroute2 spends ~25-90 us on each. Bounded: cleared when full.
-_ENCODED: dict[tuple, bytes] = {}
+# Requests pyroute2 encoded, by (type, flags, builder key[, field shapes]): bytes (the requests
+# every pod's ADD repeats byte for byte: lo and eth0 up, the pod's routes) or a _Template (the
+# per-pod requests, once templates are on). pyroute2 spends ~25-430 us on each. Bounded: cleared
+# when full.
+_ENCODED: dict[tuple, bytes | _Template | None] = {}
 _ENCODED_MAX = 1024
+_TEMPLATES = False
+
+
+def use_templates(on: bool = True) -> None:
+    """Per-pod requests from templates (see _Template) in this process: for long-running
+    processes (the node agent), where each request shape is templated once and then reused by
+    every ADD/DEL. Off by default: a one-verb process (the in-process fallback) would pay the
+    template's extra encodes (two per field) and never reuse them."""
+    global _TEMPLATES
+    _TEMPLATES = on
+
+
+# How a field's value appears in pyroute2's encoding (checked per template: _template), and
+# another value of the same encoded length (`salt` 1 or 2) to find where it lies.
+def _pack_u32(v: int) -> bytes:
+    return v.to_bytes(4, sys.byteorder)
+
+
+def _pack_mac(v: str) -> bytes:
+    return bytes.fromhex(v.replace(":", ""))
+
+
+def _pack_ip(v: str) -> bytes:
+    return socket.inet_pton(_family(v), v)
+
+
+def _pack_name(v: str) -> bytes:
+    return v.encode("ascii")  # UnicodeEncodeError: no template, pyroute2 encodes this one
+
+
+_PACK = {"u32": _pack_u32, "mac": _pack_mac, "ip": _pack_ip, "name": _pack_name}
+
+
+def _other(kind: str, v, salt: int):
+    if kind == "u32":  # a non-negative int below 2**31 stays one (ifinfmsg's index is signed)
+        return v ^ (0x5A3C69 if salt == 1 else 0x1E2D4B)
+    if kind == "name":
+        x, y = ("a", "b") if salt == 1 else ("c", "d")
+        return "".join(y if c == x else x for c in v)
+    raw = bytes(b ^ (0xA5 if salt == 1 else 0x3C) for b in _PACK[kind](v))
+    if kind == "mac":
+        return ":".join(f"{b:02x}" for b in raw)
+    return socket.inet_ntop(_family(v), raw)
+
+
+class _Template:
+    """A request shape pyroute2 encoded, with where each field's value lies in its bytes.
+
+    `spans`: (field number, offset, length). Made by _template() from pyroute2's own encodings
+    and checked there; a request of this shape is then these bytes with its fields' values and
+    sequence number written in (~5 us against pyroute2's 60-430 us per message)."""
+
+    __slots__ = ("raw", "spans")
+
+    def __init__(self, raw: bytes, spans: tuple) -> None:
+        self.raw, self.spans = raw, spans
+
+    def fill(self, seq: int, packed: tuple) -> bytes:
+        out = bytearray(self.raw)
+        out[8:12] = seq.to_bytes(4, sys.byteorder)
+        for i, off, n in self.spans:
+            out[off : off + n] = packed[i]
+        return bytes(out)
+
+
+def _template(kind: int, flags: int, build, fields: tuple) -> _Template | None:
+    """The template of `build(*values)` (a function making the pyroute2 message), or None when
+    pyroute2's encoding does not vary with a field as a fixed-length value in place.
+
+    Each field is moved to two other values of its encoded length in turn; the bytes that change
+    locate it (every place it occurs), and only when writing the new value's bytes there gives
+    exactly pyroute2's encoding of the changed message (for both values, and for all fields
+    changed at once) is the template kept. pyroute2 does the encoding; this only reuses it."""
+    values = [v for _, v in fields]
+    raw = _encode(kind, flags, build(*values), 0)
+    spans = []
+    for i, (fk, v) in enumerate(fields):
+        a = _PACK[fk](v)
+        n = len(a)
+        found = None
+        for salt in (1, 2):
+            alt = _other(fk, v, salt)
+            b = _PACK[fk](alt)
+            other = _encode(kind, flags, build(*values[:i], alt, *values[i + 1 :]), 0)
+            offs = [p for p in range(len(raw) - n + 1) if raw[p : p + n] == a and other[p : p + n] == b]
+            if not offs or len(other) != len(raw) or (found is not None and offs != found):
+                return None
+            patched = bytearray(raw)
+            for p in offs:
+                patched[p : p + n] = b
+            if patched != other:
+                return None
+            found = offs
+        spans.extend((i, p, n) for p in found)
+    tpl = _Template(raw, tuple(spans))
+    alts = [_other(fk, v, 1) for fk, v in fields]
+    if tpl.fill(0, tuple(_PACK[fk](v) for (fk, _), v in zip(fields, alts))) != _encode(
+        kind, flags, build(*alts), 0
+    ):
+        return None
+    return tpl
+
+
+def _encode(kind: int, flags: int, msg, seq: int) -> bytes:
+    """pyroute2's encoding of `msg` with its header."""
+    hdr = msg["header"]
+    hdr["type"] = kind
+    hdr["flags"] = flags | NLM_F_REQUEST
+    hdr["sequence_number"] = seq
+    hdr["pid"] = 0
+    msg.encode()
+    return bytes(msg.data)
 
 
 class NetlinkError(OSError):
@@ -111,6 +233,10 @@ def parse_attrs(data: bytes, off: int = 0, end: int | None = None) -> dict[int, 
         out[kind & 0x3FFF] = data[off + 4 : off + n]
         off += (n + 3) & ~3
     return out
+
+
+def _asciiz(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="surrogateescape")
 
 
 def random_mac() -> str:
@@ -214,6 +340,28 @@ class Link:
         self.link = link
 
     @classmethod
+    def from_raw(cls, data: bytes) -> Link:
+        """From one RTM_NEWLINK message's bytes (header included): what Link.from_msg takes from
+        pyroute2's decoding, read straight off the attributes. For the kernel's echo of a veth
+        creation (1.5 KB, mostly statistics and per-family settings): pyroute2 decodes every
+        attribute of it in ~180 us, this reads the five it needs in ~10 us."""
+        _, _, index, flags, _ = _IFINFO.unpack_from(data, 16)
+        attrs = parse_attrs(data, 32)
+        info = attrs.get(IFLA_LINKINFO)
+        kind = parse_attrs(info).get(IFLA_INFO_KIND) if info is not None else None
+        mac = attrs.get(IFLA_ADDRESS)
+        link = attrs.get(IFLA_LINK)
+        return cls(
+            index,
+            _asciiz(attrs.get(IFLA_IFNAME, b"")),
+            ":".join(f"{b:02x}" for b in mac) if mac is not None else None,
+            _asciiz(attrs.get(IFLA_IFALIAS, b"")),
+            _asciiz(kind) if kind is not None else None,
+            flags,
+            int.from_bytes(link[:4], sys.byteorder) if link is not None else None,
+        )
+
+    @classmethod
     def from_msg(cls, msg: ifinfmsg) -> Link:
         """From a decoded RTM_NEWLINK (pyroute2's ifinfmsg)."""
         info = msg.get_attr("IFLA_LINKINFO")
@@ -238,6 +386,48 @@ def _ifinfo(index: int = 0, flags: int = 0, change: int = 0, attrs: list | None 
     return msg
 
 
+def _link_query(ifname: str, index: int = 0) -> ifinfmsg:
+    return _ifinfo(index, attrs=[("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS), ("IFLA_IFNAME", ifname)])
+
+
+def _index_query(index: int) -> ifinfmsg:
+    return _ifinfo(index, attrs=[("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)])
+
+
+def _veth_msg(
+    flags: int, host_ifname: str, host_mac: str, peer_ifname: str, peer_mac: str, peer_netns_fd: int, mtu: int
+) -> ifinfmsg:
+    peer = {
+        "family": socket.AF_UNSPEC,
+        "ifi_type": 0,
+        "index": 0,
+        "flags": 0,
+        "change": 0,
+        "attrs": [
+            ("IFLA_IFNAME", peer_ifname),
+            ("IFLA_MTU", mtu),
+            ("IFLA_ADDRESS", peer_mac),
+            ("IFLA_NET_NS_FD", peer_netns_fd),
+        ],
+    }
+    linkinfo = {
+        "attrs": [
+            ("IFLA_INFO_KIND", "veth"),
+            ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer)]}),
+        ]
+    }
+    return _ifinfo(
+        flags=flags,
+        change=flags,
+        attrs=[
+            ("IFLA_IFNAME", host_ifname),
+            ("IFLA_MTU", mtu),
+            ("IFLA_ADDRESS", host_mac),
+            ("IFLA_LINKINFO", linkinfo),
+        ],
+    )
+
+
 class Rtnl:
     """One rtnetlink socket in the caller's namespace, or in `netns_fd`'s."""
 
@@ -253,7 +443,7 @@ class Rtnl:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind((0, 0))
         self.seq = 0
-        self._queued: list[tuple] = []  # kind, flags, msg, what, ok, key
+        self._queued: list[tuple] = []  # kind, flags, msg, what, ok, key, fields
 
     def close(self) -> None:
         self.sock.close()
@@ -265,62 +455,72 @@ class Rtnl:
         self.close()
 
     # -- transport --------------------------------------------------------------------------------
-    def _msg(self, kind: int, flags: int, msg, key: tuple | None = None) -> tuple[int, bytes]:
-        """The next sequence number and `msg` (a pyroute2 message, or a function making one)
-        encoded with its header. `key`: everything the message's bytes depend on besides the
-        header's sequence number (a builder's arguments); a key pyroute2 encoded before reuses
-        those bytes with this request's sequence number (_ENCODED)."""
+    def _msg(
+        self, kind: int, flags: int, msg, key: tuple | None = None, fields: tuple = ()
+    ) -> tuple[int, bytes]:
+        """The next sequence number and `msg` (a pyroute2 message, or a function making one from
+        `fields`' values) encoded with its header. `key`: everything the message's bytes depend
+        on besides the header's sequence number and `fields` (the builder's other arguments).
+        `fields`: (kind, value) pairs, kind one of _PACK's: the per-pod values of a templated
+        request. A keyed request without fields pyroute2 encoded before reuses those bytes with
+        this request's sequence number; one with fields is filled into its shape's template
+        (with templates on: use_templates), else pyroute2 encodes it (_ENCODED)."""
         self.seq += 1
-        if key is not None:
-            key = (kind, flags, key)
-            raw = _ENCODED.get(key)
-            if raw is not None:  # the header: length, type, flags, then the u32 sequence number
-                return self.seq, raw[:8] + self.seq.to_bytes(4, sys.byteorder) + raw[12:]
+        if key is not None and (_TEMPLATES or not fields):
+            try:
+                packed = tuple(_PACK[fk](v) for fk, v in fields)
+            except (UnicodeEncodeError, OSError, ValueError, OverflowError):
+                packed = None  # a value without a fixed-length form: pyroute2 encodes this one
+            if packed is not None:
+                full = (kind, flags, key, tuple((fk, len(p)) for (fk, _), p in zip(fields, packed)))
+                got = _ENCODED.get(full, False)
+                if got is False:
+                    if len(_ENCODED) >= _ENCODED_MAX:
+                        _ENCODED.clear()
+                    if fields:
+                        got = _template(kind, flags, msg, fields)
+                    else:
+                        got = _encode(kind, flags, msg() if callable(msg) else msg, 0)
+                    _ENCODED[full] = got
+                if isinstance(got, _Template):
+                    return self.seq, got.fill(self.seq, packed)
+                if got is not None:  # the header: length, type, flags, then the u32 sequence number
+                    return self.seq, got[:8] + self.seq.to_bytes(4, sys.byteorder) + got[12:]
         if callable(msg):
-            msg = msg()
-        hdr = msg["header"]
-        hdr["type"] = kind
-        hdr["flags"] = flags | NLM_F_REQUEST
-        hdr["sequence_number"] = self.seq
-        hdr["pid"] = 0
-        msg.encode()
-        raw = bytes(msg.data)
-        if key is not None:
-            if len(_ENCODED) >= _ENCODED_MAX:
-                _ENCODED.clear()
-            _ENCODED[key] = raw
-        return self.seq, raw
+            msg = msg(*(v for _, v in fields))
+        return self.seq, _encode(kind, flags, msg, self.seq)
 
     def _recv_until(
-        self, want: set[int], reply: type[nlmsg] = nlmsg, errors: dict[int, int] | None = None
-    ) -> dict[int, tuple[int, list[nlmsg]]]:
+        self, want: set[int], reply: type[nlmsg] | None = nlmsg, errors: dict[int, int] | None = None
+    ) -> dict[int, tuple[int, list]]:
         """Read until every seq in `want` has its ack (or error / dump end): seq -> (errno, msgs),
-        msgs the other messages for that seq decoded as `reply`. Refusals of other requests of
-        this socket (sent without NLM_F_ACK) go into `errors` (seq -> errno)."""
-        got: dict[int, tuple[int, list[nlmsg]]] = {}
-        msgs: dict[int, list[nlmsg]] = {}
+        msgs the other messages for that seq decoded as `reply` (pyroute2's class; None: each
+        message's raw bytes, header included). Refusals of other requests of this socket (sent
+        without NLM_F_ACK) go into `errors` (seq -> errno). The framing (each message's header,
+        an ack's error code) is read with struct: this transport's own, ~0.3 us a message
+        against ~19 us for pyroute2's nlmsg + nlmsgerr."""
+        got: dict[int, tuple[int, list]] = {}
+        msgs: dict[int, list] = {}
         while want - got.keys():
             data = self.sock.recv(1 << 20)
             if not data:  # a netlink socket never reads empty: never spin on one that does
                 raise NetlinkError(errno.EIO, "netlink socket read nothing before the reply")
             off = 0
             while off + 16 <= len(data):
-                head = nlmsg(data, offset=off)
-                head.decode()
-                hdr = head["header"]
-                n, kind, seq = hdr["length"], hdr["type"], hdr["sequence_number"]
+                n, kind, _, seq, _ = _NLHDR.unpack_from(data, off)
                 if n < 16:
                     break
                 if kind == NLMSG_ERROR and (seq in want or errors is not None):
-                    err = nlmsgerr(data, offset=off)
-                    err.decode()
+                    code = -_ERRNO.unpack_from(data, off + 16)[0] if n >= 20 else errno.EIO
                     if seq in want:
-                        got[seq] = (-err["error"], msgs.pop(seq, []))
+                        got[seq] = (code, msgs.pop(seq, []))
                     else:
-                        errors[seq] = -err["error"]
+                        errors[seq] = code
                 elif seq in want:
                     if kind == NLMSG_DONE:
                         got[seq] = (0, msgs.pop(seq, []))
+                    elif reply is None:
+                        msgs.setdefault(seq, []).append(data[off : off + n])
                     else:
                         msg = reply(data, offset=off)
                         msg.decode()
@@ -336,10 +536,18 @@ class Rtnl:
         self.flush()
 
     def queue(
-        self, kind: int, flags: int, msg, what: str = "", ok: tuple[int, ...] = (), key: tuple | None = None
+        self,
+        kind: int,
+        flags: int,
+        msg,
+        what: str = "",
+        ok: tuple[int, ...] = (),
+        key: tuple | None = None,
+        fields: tuple = (),
     ) -> None:
-        """Add a request to the next flush(); it is encoded there (`msg` and `key`: see _msg)."""
-        self._queued.append((kind, flags, msg, what, ok, key))
+        """Add a request to the next flush(); it is encoded there (`msg`, `key`, `fields`: see
+        _msg)."""
+        self._queued.append((kind, flags, msg, what, ok, key, fields))
 
     def flush(self) -> None:
         """Send every queued request in one sendmsg; raise the first refusal (in order), after
@@ -353,22 +561,32 @@ class Rtnl:
             return
         last = len(queued) - 1
         seqs, raws = [], []
-        for i, (kind, flags, msg, _, _, key) in enumerate(queued):
-            seq, raw = self._msg(kind, flags | (NLM_F_ACK if i == last else 0), msg, key)
+        for i, (kind, flags, msg, _, _, key, fields) in enumerate(queued):
+            seq, raw = self._msg(kind, flags | (NLM_F_ACK if i == last else 0), msg, key, fields)
             seqs.append(seq)
             raws.append(raw)
         self.sock.sendall(b"".join(raws))
         errors: dict[int, int] = {}
         self._recv_until({seqs[-1]}, errors=errors)
-        for seq, (_, _, _, what, ok, _) in zip(seqs, queued):
+        for seq, (_, _, _, what, ok, _, _) in zip(seqs, queued):
             code = errors.get(seq, 0)
             if code and code not in ok:
                 raise NetlinkError(code, what)
 
-    def get(self, kind: int, msg: nlmsg, what: str, reply: type[nlmsg], flags: int = 0) -> list[nlmsg]:
+    def get(
+        self,
+        kind: int,
+        msg,
+        what: str,
+        reply: type[nlmsg] | None,
+        flags: int = 0,
+        key: tuple | None = None,
+        fields: tuple = (),
+    ) -> list:
         """One acked request and the messages answering it (decoded as `reply`); with NLM_F_DUMP
-        in `flags`, every message of the dump (the kernel ends it with NLMSG_DONE, no ack)."""
-        seq, raw = self._msg(kind, flags | NLM_F_ACK, msg)
+        in `flags`, every message of the dump (the kernel ends it with NLMSG_DONE, no ack).
+        `msg`, `key`, `fields`: see _msg."""
+        seq, raw = self._msg(kind, flags | NLM_F_ACK, msg, key, fields)
         self.sock.sendall(raw)
         code, msgs = self._recv_until({seq}, reply)[seq]
         if code:
@@ -378,11 +596,19 @@ class Rtnl:
     # -- links ------------------------------------------------------------------------------------
     def get_link(self, ifname: str | None = None, index: int = 0) -> Link | None:
         """The link by name or index; None when there is none."""
-        attrs: list = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
         if ifname is not None:
-            attrs.append(("IFLA_IFNAME", ifname))
+            key, fields = ("link-by-name", index), (("name", ifname),)
+        else:
+            key, fields = ("link-by-index",), (("u32", index),)
         try:
-            msgs = self.get(RTM_GETLINK, _ifinfo(index, attrs=attrs), f"link {ifname or index}", ifinfmsg)
+            msgs = self.get(
+                RTM_GETLINK,
+                (lambda ifname: _link_query(ifname, index)) if ifname is not None else _index_query,
+                f"link {ifname or index}",
+                ifinfmsg,
+                key=key,
+                fields=fields,
+            )
         except NetlinkError as exc:
             if exc.code in (errno.ENODEV, errno.ENOENT):
                 return None
@@ -412,48 +638,36 @@ class Rtnl:
         Linux 6.1): its ifindex, and the peer's ifindex as IFLA_LINK, with no lookup round trip.
         None on kernels that do not echo: look the links up instead."""
         flags = IFF_UP if up else 0
-        peer = {
-            "family": socket.AF_UNSPEC,
-            "ifi_type": 0,
-            "index": 0,
-            "flags": 0,
-            "change": 0,
-            "attrs": [
-                ("IFLA_IFNAME", peer_ifname),
-                ("IFLA_MTU", mtu),
-                ("IFLA_ADDRESS", peer_mac),
-                ("IFLA_NET_NS_FD", peer_netns_fd),
-            ],
-        }
-        linkinfo = {
-            "attrs": [
-                ("IFLA_INFO_KIND", "veth"),
-                ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer)]}),
-            ]
-        }
-        msg = _ifinfo(
-            flags=flags,
-            change=flags,
-            attrs=[
-                ("IFLA_IFNAME", host_ifname),
-                ("IFLA_MTU", mtu),
-                ("IFLA_ADDRESS", host_mac),
-                ("IFLA_LINKINFO", linkinfo),
-            ],
-        )
         msgs = self.get(
-            RTM_NEWLINK, msg, f"create veth {host_ifname}", ifinfmsg, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO
+            RTM_NEWLINK,
+            lambda *values: _veth_msg(flags, *values),
+            f"create veth {host_ifname}",
+            None,  # the echo's bytes: Link.from_raw
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+            key=("veth", flags),
+            fields=(
+                ("name", host_ifname),
+                ("mac", host_mac),
+                ("name", peer_ifname),
+                ("mac", peer_mac),
+                ("u32", peer_netns_fd),
+                ("u32", mtu),
+            ),
         )
         echoed = None
-        for m in msgs:
-            if m["header"]["type"] == RTM_NEWLINK and m.get_attr("IFLA_IFNAME") == host_ifname:
-                echoed = Link.from_msg(m)
+        for raw in msgs:
+            if _NLHDR.unpack_from(raw)[1] == RTM_NEWLINK:
+                link = Link.from_raw(raw)
+                if link.ifname == host_ifname:
+                    echoed = link
         if alias:
             self.queue(
                 RTM_SETLINK,
                 0,
-                _ifinfo(attrs=[("IFLA_IFNAME", host_ifname), ("IFLA_IFALIAS", alias)]),
+                lambda name, alias: _ifinfo(attrs=[("IFLA_IFNAME", name), ("IFLA_IFALIAS", alias)]),
                 f"ifalias of {host_ifname}",
+                key=("alias",),
+                fields=(("name", host_ifname), ("name", alias)),
             )
         return echoed
 
@@ -465,7 +679,10 @@ class Rtnl:
     def delete_link(self, index: int) -> bool:
         """False when it is gone already."""
         try:
-            self.request(RTM_DELLINK, 0, _ifinfo(index), f"delete link {index}")
+            self.queue(
+                RTM_DELLINK, 0, _ifinfo, f"delete link {index}", key=("del",), fields=(("u32", index),)
+            )
+            self.flush()
         except NetlinkError as exc:
             if exc.code in (errno.ENODEV, errno.ENOENT):
                 return False
@@ -478,6 +695,17 @@ class Rtnl:
 
     # -- addresses, routes, neighbours (queued: flush() sends them) --------------------------------
     def add_addr(self, index: int, addr: str, prefixlen: int, flags: int = 0) -> None:
+        self.queue(
+            RTM_NEWADDR,
+            NLM_F_CREATE | NLM_F_EXCL,
+            lambda index, addr: self._addr(index, addr, prefixlen, flags),
+            f"address {addr}/{prefixlen}",
+            key=("addr", prefixlen, flags),
+            fields=(("u32", index), ("ip", addr)),
+        )
+
+    @staticmethod
+    def _addr(index: int, addr: str, prefixlen: int, flags: int) -> ifaddrmsg:
         msg = ifaddrmsg()
         msg["family"] = _family(addr)
         msg["prefixlen"] = prefixlen
@@ -487,7 +715,7 @@ class Rtnl:
         msg["attrs"] = [("IFA_LOCAL", addr), ("IFA_ADDRESS", addr)]
         if flags > 0xFF:
             msg["attrs"].append(("IFA_FLAGS", flags))
-        self.queue(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, msg, f"address {addr}/{prefixlen}")
+        return msg
 
     def replace_route(
         self,
@@ -500,13 +728,23 @@ class Rtnl:
     ) -> None:
         """repeats=True: a route every pod has (its gateway and default routes: eth0 is ifindex 2
         in a fresh namespace), whose bytes come from _ENCODED after the first; per-pod routes
-        (the node's route to a pod) would only fill it."""
+        (the node's route to a pod) are filled into a template (use_templates)."""
+        if repeats:
+            key, fields = ("route", dst, dst_len, oif, gateway, scope), ()
+        else:  # the destination, interface and gateway vary: the template's fields
+            key = ("route-to", dst_len, scope, gateway is not None)
+            fields = (("ip", dst), ("u32", oif)) + ((("ip", gateway),) if gateway else ())
         self.queue(
             RTM_NEWROUTE,
             NLM_F_CREATE | NLM_F_REPLACE,
-            lambda: self._route(dst, dst_len, oif, gateway, scope),
+            lambda *values: (
+                self._route(dst, dst_len, oif, gateway, scope)
+                if repeats
+                else self._route(values[0], dst_len, values[1], values[2] if gateway else None, scope)
+            ),
             f"route {dst}/{dst_len}",
-            key=("route", dst, dst_len, oif, gateway, scope) if repeats else None,
+            key=key,
+            fields=fields,
         )
 
     @staticmethod
@@ -529,6 +767,17 @@ class Rtnl:
         return msg
 
     def replace_neigh(self, index: int, dst: str, lladdr: str, state: int = NUD_PERMANENT) -> None:
+        self.queue(
+            RTM_NEWNEIGH,
+            NLM_F_CREATE | NLM_F_REPLACE,
+            lambda index, dst, lladdr: self._neigh(index, dst, lladdr, state),
+            f"neighbour {dst}",
+            key=("neigh", state),
+            fields=(("u32", index), ("ip", dst), ("mac", lladdr)),
+        )
+
+    @staticmethod
+    def _neigh(index: int, dst: str, lladdr: str, state: int) -> ndmsg:
         msg = ndmsg()
         msg["family"] = _family(dst)
         msg["ifindex"] = index
@@ -536,7 +785,7 @@ class Rtnl:
         msg["flags"] = 0
         msg["ndm_type"] = 0
         msg["attrs"] = [("NDA_DST", dst), ("NDA_LLADDR", lladdr)]
-        self.queue(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, msg, f"neighbour {dst}")
+        return msg
 
     # -- tc ---------------------------------------------------------------------------------------
     @staticmethod
@@ -551,14 +800,30 @@ class Rtnl:
         return msg
 
     def add_clsact(self, index: int) -> None:
-        msg = self._tcmsg(index, 0xFFFF0000, TC_H_CLSACT, 0, [("TCA_KIND", "clsact")])
         self.queue(
-            RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, msg, f"clsact on link {index}", ok=(errno.EEXIST,)
+            RTM_NEWQDISC,
+            NLM_F_CREATE | NLM_F_EXCL,
+            lambda index: self._tcmsg(index, 0xFFFF0000, TC_H_CLSACT, 0, [("TCA_KIND", "clsact")]),
+            f"clsact on link {index}",
+            ok=(errno.EEXIST,),
+            key=("clsact",),
+            fields=(("u32", index),),
         )
 
     def replace_bpf_filter(self, index: int, prog_fd: int, name: str, handle: int = 1, prio: int = 1) -> None:
         """Our direct-action cls_bpf filter on clsact ingress (as datapath/attach.py's); TCA_OPTIONS
         is encoded by tcmsg's plugin for kind "bpf" (pyroute2.netlink.rtnl.tcmsg.sched_bpf)."""
+        self.queue(
+            RTM_NEWTFILTER,
+            NLM_F_CREATE | NLM_F_REPLACE,
+            lambda index, prog_fd: self._bpf_filter(index, prog_fd, name, handle, prio),
+            f"tc filter {name} on link {index}",
+            key=("bpf-filter", name, handle, prio),
+            fields=(("u32", index), ("u32", prog_fd)),
+        )
+
+    @classmethod
+    def _bpf_filter(cls, index: int, prog_fd: int, name: str, handle: int, prio: int) -> tcmsg:
         info = (prio << 16) | socket.htons(ETH_P_ALL)
         opts = {
             "attrs": [
@@ -569,5 +834,4 @@ class Rtnl:
             ]
         }
         parent = 0xFFFF0000 | TC_H_MIN_INGRESS
-        msg = self._tcmsg(index, handle, parent, info, [("TCA_KIND", "bpf"), ("TCA_OPTIONS", opts)])
-        self.queue(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_REPLACE, msg, f"tc filter {name} on link {index}")
+        return cls._tcmsg(index, handle, parent, info, [("TCA_KIND", "bpf"), ("TCA_OPTIONS", opts)])

@@ -413,7 +413,9 @@ def serve(
 
     global _STDERR, _SLOTS
     from cni.commands import common as cni_common
-    from datapath import locks
+    from datapath import locks, rtnl
+
+    rtnl.use_templates()  # per-pod netlink requests from templates pyroute2 encoded (datapath/rtnl.py)
 
     _SLOTS = RunSlots(running if running > 0 else DEFAULT_RUNNING)
     locks.WAIT_HOOK = _SLOTS.released_while_waiting

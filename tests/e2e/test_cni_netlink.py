@@ -61,6 +61,26 @@ def test_pod_end_is_created_in_the_pod_namespace(node, runtime):
     assert runtime.delete("mon", ns).ok and runtime.delete("warm", None).ok
 
 
+def test_the_veth_echo_read_raw_equals_pyroute2s_decoding(node, runtime):
+    """create_veth reads the kernel's 1.5 KB echo for five attributes (Link.from_raw): the same
+    link as a lookup decoded by pyroute2 (Link.from_msg) reports."""
+    ns = runtime.new_pod_netns("echo")
+    fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
+    try:
+        with entered(node.ns), rtnl.Rtnl() as nl:
+            link = nl.create_veth("xcechotest01", rtnl.random_mac(), "eth7", rtnl.random_mac(), fd, 1400)
+            try:
+                looked = nl.get_link("xcechotest01")
+                fields = ("index", "ifname", "mac", "alias", "kind", "link")
+                assert link is not None and looked is not None
+                assert [getattr(link, k) for k in fields] == [getattr(looked, k) for k in fields]
+                assert link.kind == "veth" and link.link
+            finally:
+                nl.delete_link(link.index if link else looked.index)
+    finally:
+        os.close(fd)
+
+
 def test_add_and_del_fork_no_helper_process(node, runtime):
     """ADD and DEL in this very process (as the agent runs them), with every os.fork recorded."""
     assert runtime.add("warm", runtime.new_pod_netns("w")).ok  # loads the datapath (a subprocess)
