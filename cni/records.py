@@ -86,7 +86,6 @@ class RecordStore:
         truncation, each of which makes ext4 flush (auto_da_alloc, ~0.3-0.8 ms here); SIGKILL
         cannot tear a write of this size, and a reader outside the lock that catches it
         half-copied finds an unreadable record, which every verb and GC leave alone."""
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
         rec.network = self.network
         data = dict(vars(rec))  # flat fields: a shallow copy (dataclasses.asdict deep-copies, 3x slower)
         data["ips"] = list(rec.ips)
@@ -96,7 +95,11 @@ class RecordStore:
             text = text.ljust(RECORD_SIZE - 1) + "\n"
             if in_place and self._overwrite(path, text.encode("ascii")):
                 return
-        write_atomic(path, text)
+        try:
+            write_atomic(path, text)
+        except FileNotFoundError:  # the network's first record: its directory (created when missing only)
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            write_atomic(path, text)
 
     @staticmethod
     def _overwrite(path: str, data: bytes) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes as ct
 import errno
 import os
+import threading
 from functools import lru_cache
 
 BPF_MAP_TYPE_HASH = 1
@@ -217,15 +218,27 @@ def map_items_batch_raw(fd: int, key_type, value_type, max_entries: int) -> tupl
     syscalls per entry: (count, keys, values), the keys and values packed back to back (sizeof
     key_type / value_type each), for scans that need one field (struct.iter_unpack) and not a
     ctypes object per entry (~1 us each: a thousand-endpoint map on every ADD)."""
-    keys = (key_type * max_entries)()
-    values = (value_type * max_entries)()
-    token = (ct.c_uint8 * 64)()  # opaque batch position (a u32 bucket for hash maps)
-    count = ct.c_uint32(max_entries)
-    ret = _lib().bpf_map_lookup_batch(fd, None, ct.byref(token), keys, values, ct.byref(count), None)
-    if ret < 0 and (ct.get_errno() or -ret) != errno.ENOENT:  # ENOENT: the whole map was read
-        _check(ret, "bpf_map_lookup_batch")
-    n = count.value
-    return n, bytes(keys)[: n * ct.sizeof(key_type)], bytes(values)[: n * ct.sizeof(value_type)]
+    shape = (key_type, value_type, max_entries)
+    with _BATCH_LOCK:  # buffers reused across calls: a map's worth of zeroed ones costs ~0.1 ms
+        bufs = _BATCH_BUFS.get(shape)
+        if bufs is None:
+            bufs = _BATCH_BUFS[shape] = ((key_type * max_entries)(), (value_type * max_entries)())
+        keys, values = bufs
+        token = (ct.c_uint8 * 64)()  # opaque batch position (a u32 bucket for hash maps)
+        count = ct.c_uint32(max_entries)
+        ret = _lib().bpf_map_lookup_batch(fd, None, ct.byref(token), keys, values, ct.byref(count), None)
+        if ret < 0 and (ct.get_errno() or -ret) != errno.ENOENT:  # ENOENT: the whole map was read
+            _check(ret, "bpf_map_lookup_batch")
+        n = count.value
+        return (
+            n,
+            ct.string_at(ct.addressof(keys), n * ct.sizeof(key_type)),
+            ct.string_at(ct.addressof(values), n * ct.sizeof(value_type)),
+        )
+
+
+_BATCH_LOCK = threading.Lock()
+_BATCH_BUFS: dict[tuple, tuple] = {}
 
 
 def map_update_batch(fd: int, keys, values, count: int) -> None:

@@ -295,7 +295,7 @@ def _load(cfg: NodeConfig, layout: PinLayout, log, made: dict) -> NodeState:
                 ),
             )
         sysctl.enable_forwarding(cfg.nic)
-        nodeaddrs.sync(layout.root, ipr)
+        nodeaddrs.sync(layout.root)
 
         made["nic_ifindex"] = nic_ifindex
         mode, fallback = _attach_nic(ipr, cfg.nic, nic_ifindex, mode, fds, log)
@@ -390,6 +390,10 @@ def unload(root: str, log=print) -> bool:
     try:
         os.unlink(layout.state_file)
     except FileNotFoundError:
+        pass
+    try:
+        os.rmdir(layout.claims_dir)  # only when empty: a claim of a pod still there stays
+    except (FileNotFoundError, OSError):
         pass
     if did:
         log(f"unloaded xdpcni datapath under {root}")

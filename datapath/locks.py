@@ -164,14 +164,16 @@ def _try_flock(fd: int) -> bool:
 
 @contextmanager
 def _flocked(path: str, what: str, timeout: float, start: float, remove: bool, is_dir: bool):
-    if not is_dir:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     delay = 0.002
     while True:
         if is_dir:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         else:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:  # its directory, created only when missing (mode 0700)
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             if not _try_flock(fd):
                 with waiting():

@@ -93,6 +93,9 @@ class PinnedMap:
         return key
 
 
+_ZEROS: dict[int, ct.Array] = {}
+
+
 class PerCpuArray(PinnedMap):
     """A per-CPU array: one value per possible CPU, each padded to 8 bytes."""
 
@@ -111,5 +114,8 @@ class PerCpuArray(PinnedMap):
     def zero(self, index: int, count: int = 1) -> None:
         """Zero `count` consecutive indexes from `index` on every CPU (one batch update)."""
         keys = (ct.c_uint32 * count)(*range(index, index + count))
-        values = (ct.c_uint8 * (self.stride * self.ncpu * count))()
+        size = self.stride * self.ncpu * count
+        values = _ZEROS.get(size)
+        if values is None:  # only ever read by the kernel: one zeroed buffer per size, shared
+            values = _ZEROS[size] = (ct.c_uint8 * size)()
         libbpf.map_update_batch(self.fd, keys, values, count)

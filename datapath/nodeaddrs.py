@@ -7,41 +7,60 @@ already, and this module keeps the node's addresses there too (ifindex 0, no MAC
 EP_F_NODE; a destination lookup that finds one treats it as "not a pod"). The loader writes them
 at load and the node agent keeps them in step every second (addresses rarely change on a node).
 Loopback, link-local and multicast addresses are martians for the programs anyway.
+
+Both halves are cheap enough for a once-a-second check in the agent, which shares its interpreter
+lock with the CNI verbs it serves: one RTM_GETADDR dump over datapath/rtnl.py (pyroute2's
+ifaddrmsg; pyroute2's IPRoute runs an asyncio loop per request, ~10 ms of the agent's CPU a
+second) and one batch read of the endpoints map (no ctypes object per pod entry).
 """
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
+import struct
 
-from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-from . import abi
+from . import abi, rtnl
 from .maps import PinnedMap
 from .pins import PinLayout
 
+RTM_GETADDR = 22
+_FLAGS = struct.Struct(f"={abi.EndpointInfo.flags.offset}xI")  # EndpointInfo.flags, u32
 
-def node_addresses(ipr: IPRoute) -> set[str]:
-    """Unicast, non-loopback, non-link-local addresses of every interface in this namespace."""
+
+def node_addresses() -> set[str]:
+    """Unicast, non-loopback, non-link-local addresses of every interface in the caller's
+    network namespace."""
+    req = ifaddrmsg()
+    req["family"] = 0  # AF_UNSPEC: both families
+    with rtnl.Rtnl() as nl:
+        msgs = nl.get(RTM_GETADDR, req, "addresses", ifaddrmsg, rtnl.NLM_F_DUMP)
     out = set()
-    for msg in ipr.get_addr():
-        ip = ipaddress.ip_address(msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL"))
+    for msg in msgs:
+        raw = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
+        if raw is None:
+            continue
+        ip = ipaddress.ip_address(raw)
         if not (ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified):
             out.add(str(ip))
     return out
 
 
-def sync(root: str, ipr: IPRoute | None = None) -> tuple[int, int]:
-    """Make the map's node entries equal this namespace's addresses; returns (added, removed)."""
-    own = ipr is None
-    ipr = ipr or IPRoute()
-    try:
-        want = node_addresses(ipr)
-    finally:
-        if own:
-            ipr.close()
+def sync(root: str) -> tuple[int, int]:
+    """Make the map's node entries equal the caller's namespace's addresses; returns (added,
+    removed)."""
+    want = node_addresses()
     added = removed = 0
     with PinnedMap(PinLayout(root), "endpoints") as eps:
-        have = {str(k.ip()) for k, v in eps.items() if v.flags & abi.EP_F_NODE}
+        n, keys, values = eps.items_raw()
+        ks, vs = ctypes.sizeof(abi.EndpointKey), ctypes.sizeof(abi.EndpointInfo)
+        have = {
+            str(abi.EndpointKey.from_buffer_copy(keys, i * ks).ip())
+            for i in range(n)
+            if _FLAGS.unpack_from(values, i * vs)[0] & abi.EP_F_NODE
+        }
         for ip in want - have:
             key = abi.EndpointKey.for_ip(ip)
             if eps.get(key) is None:  # never shadow a pod (an address cannot be both)

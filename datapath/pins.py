@@ -51,6 +51,11 @@ class PinLayout:
         return f"{self.root.strip('/').replace('/', '_')}-{digest}"
 
     @property
+    def claims_dir(self) -> str:
+        """The CNI's node-wide address claims (cni/claims.py); removed, when empty, by unload."""
+        return os.path.join(RUN_DIR, self.key + ".claims")
+
+    @property
     def state_file(self) -> str:
         """Node state (NIC, mode) written by the loader."""
         return os.path.join(RUN_DIR, self.key + ".json")

@@ -227,6 +227,7 @@ def _code(rc: int, stdout: str) -> int:
         return 100
 
 
+FULL_GC_ROUNDS = 30  # periods between collections of every generation (collect_between_verbs)
 GC_PERIOD = 1.0  # seconds between the agent's cyclic garbage collections
 
 
@@ -237,10 +238,15 @@ def collect_between_verbs(stop: threading.Event, period: float = GC_PERIOD) -> N
     once a period while holding a run slot, so no verb waits on a collection. Reference counting
     frees everything else at once; only cycles wait for this (a period's worth at most)."""
     gc.disable()
+    rounds = 0
     try:
         while not stop.wait(period):
+            rounds += 1
             with _SLOTS.held():
-                gc.collect()
+                # The young generations (what verbs made since) every period; everything that
+                # survived them (the oldest generation: slower to walk the more the agent has
+                # cached since gc.freeze()) once every FULL_GC_ROUNDS periods.
+                gc.collect(2 if rounds % FULL_GC_ROUNDS == 0 else 1)
     finally:
         gc.enable()
 

@@ -50,7 +50,7 @@ class LeaseStore:
 
     @contextmanager
     def locked(self):
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        # flocked creates the directory with the lock file when it is missing (mode 0700)
         with flocked(os.path.join(self.dir, LOCK_NAME), "IPAM lease lock", self.lock_timeout):
             self._names = self._sweep_temporaries()
             try:

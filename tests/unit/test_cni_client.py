@@ -3,6 +3,7 @@ hand-written JSON against the json module, the launcher, and the in-process fall
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -222,3 +223,30 @@ def test_client_skips_finalization_only_when_the_agent_answered(agent, tmp_path)
     )
     rc, out, rest = probe(verb, net.encode())
     assert (rc, out["code"], rest) == (1, 7, b"FINALIZED\n")
+
+
+def test_launcher_runs_the_client_from_current_bytecode_only(tmp_path):
+    """LOAD_CLIENT: with bytecode that matches the source the client runs without the import
+    system (the package's __init__, which here refuses to be imported, never runs); without
+    bytecode, or with a source edited since it was written, the import system runs it."""
+    co = tmp_path / "co"
+    (co / "cni").mkdir(parents=True)
+    src = co / "cni" / "client.py"
+    shutil.copy(client.__file__, src)
+    (co / "cni" / "__init__.py").write_text('raise ImportError("the package was imported")\n')
+    exe = str(tmp_path / "xdpcni")
+    client.write_launcher(exe, PY, checkout=str(co))
+
+    def version() -> subprocess.CompletedProcess:
+        env = {"CNI_COMMAND": "VERSION"}
+        return subprocess.run([exe], input=b"{}", capture_output=True, env=env, timeout=30)
+
+    res = version()  # no bytecode yet
+    assert res.returncode != 0 and b"the package was imported" in res.stderr
+    subprocess.run([PY, "-m", "py_compile", str(src)], check=True, timeout=30)
+    res = version()
+    assert res.returncode == 0 and json.loads(res.stdout)["supportedVersions"], res.stderr
+    with open(src, "a") as fh:  # edited after its bytecode was written: stale
+        fh.write("\n# edited\n")
+    res = version()
+    assert res.returncode != 0 and b"the package was imported" in res.stderr
