@@ -444,8 +444,8 @@ try:
     code = marshal.loads(memoryview(code)[16:]) if code[:16] == magic + bytes(4) + stamp else None
 except (OSError, ValueError, EOFError, TypeError, KeyError):
     code = None
+sys.path.insert(0, root)  # the import system's search order either way (the fallback's product)
 if code is None:
-    sys.path.insert(0, root)
     run = __import__(module, fromlist=["run"]).run
 else:
     g = {"__name__": module, "__file__": src, "__builtins__": __builtins__}

@@ -22,27 +22,36 @@ import struct
 
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-from . import abi, rtnl
+from . import abi, locks, rtnl
 from .maps import PinnedMap
 from .pins import PinLayout
 
 RTM_GETADDR = 22
+RT_SCOPE_UNIVERSE = 0
+_IFADDR_SCOPE = 16 + 3  # ifaddrmsg's scope byte, after the netlink header (family, prefixlen, flags)
 _FLAGS = struct.Struct(f"={abi.EndpointInfo.flags.offset}xI")  # EndpointInfo.flags, u32
 
 
 def node_addresses() -> set[str]:
     """Unicast, non-loopback, non-link-local addresses of every interface in the caller's
-    network namespace."""
+    network namespace: each address's own end (IFA_LOCAL; IFA_ADDRESS is the peer of a
+    point-to-point address). Only global-scope addresses are decoded (pyroute2's ifaddrmsg):
+    the link-local address of every pod's host veth is skipped on its header's scope byte, so
+    a node with thousands of pods costs what one with none does."""
     req = ifaddrmsg()
     req["family"] = 0  # AF_UNSPEC: both families
     with rtnl.Rtnl() as nl:
-        msgs = nl.get(RTM_GETADDR, req, "addresses", ifaddrmsg, rtnl.NLM_F_DUMP)
+        raws = nl.get(RTM_GETADDR, req, "addresses", None, rtnl.NLM_F_DUMP)
     out = set()
-    for msg in msgs:
-        raw = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
-        if raw is None:
+    for raw in raws:
+        if len(raw) <= _IFADDR_SCOPE or raw[_IFADDR_SCOPE] != RT_SCOPE_UNIVERSE:
             continue
-        ip = ipaddress.ip_address(raw)
+        msg = ifaddrmsg(raw)
+        msg.decode()
+        addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if addr is None:
+            continue
+        ip = ipaddress.ip_address(addr)
         if not (ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified):
             out.add(str(ip))
     return out
@@ -50,10 +59,16 @@ def node_addresses() -> set[str]:
 
 def sync(root: str) -> tuple[int, int]:
     """Make the map's node entries equal the caller's namespace's addresses; returns (added,
-    removed)."""
+    removed). Under the endpoint map's lock (datapath/endpoints.py), as ADD and DEL write it:
+    an address moving between the node and a pod is never written over or deleted from under a
+    verb."""
     want = node_addresses()
     added = removed = 0
-    with PinnedMap(PinLayout(root), "endpoints") as eps:
+    layout = PinLayout(root)
+    with (
+        PinnedMap(layout, "endpoints") as eps,
+        locks.flocked(layout.maps_dir, "endpoint map lock", is_dir=True),
+    ):
         n, keys, values = eps.items_raw()
         ks, vs = ctypes.sizeof(abi.EndpointKey), ctypes.sizeof(abi.EndpointInfo)
         have = {
@@ -67,5 +82,8 @@ def sync(root: str) -> tuple[int, int]:
                 eps.put(key, abi.EndpointInfo(flags=abi.EP_F_NODE))
                 added += 1
         for ip in have - want:
-            removed += eps.delete(abi.EndpointKey.for_ip(ip))
+            key = abi.EndpointKey.for_ip(ip)
+            info = eps.get(key)
+            if info is not None and info.flags & abi.EP_F_NODE:  # still the node's entry
+                removed += eps.delete(key)
     return added, removed

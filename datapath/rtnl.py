@@ -103,7 +103,7 @@ def use_templates(on: bool = True) -> None:
     """Per-pod requests from templates (see _Template) in this process: for long-running
     processes (the node agent), where each request shape is templated once and then reused by
     every ADD/DEL. Off by default: a one-verb process (the in-process fallback) would pay the
-    template's extra encodes (two per field) and never reuse them."""
+    template's extra encodes (two per field, plus two) and never reuse them."""
     global _TEMPLATES
     _TEMPLATES = on
 
@@ -111,10 +111,14 @@ def use_templates(on: bool = True) -> None:
 # How a field's value appears in pyroute2's encoding (checked per template: _template), and
 # another value of the same encoded length (`salt` 1 or 2) to find where it lies.
 def _pack_u32(v: int) -> bytes:
+    if not 0 <= v < 1 << 31:  # some of these fields are signed (ifinfmsg's index): pyroute2 decides
+        raise ValueError(f"{v} is not a templated u32")
     return v.to_bytes(4, sys.byteorder)
 
 
 def _pack_mac(v: str) -> bytes:
+    if len(v) != 17 or v[2::3] != ":" * 5:  # only the canonical form: other forms are pyroute2's
+        raise ValueError(f"{v!r} is not a templated MAC")
     return bytes.fromhex(v.replace(":", ""))
 
 
@@ -469,7 +473,7 @@ class Rtnl:
         if key is not None and (_TEMPLATES or not fields):
             try:
                 packed = tuple(_PACK[fk](v) for fk, v in fields)
-            except (UnicodeEncodeError, OSError, ValueError, OverflowError):
+            except (ValueError, OSError, OverflowError, TypeError, AttributeError):
                 packed = None  # a value without a fixed-length form: pyroute2 encodes this one
             if packed is not None:
                 full = (kind, flags, key, tuple((fk, len(p)) for (fk, _), p in zip(fields, packed)))
@@ -478,7 +482,10 @@ class Rtnl:
                     if len(_ENCODED) >= _ENCODED_MAX:
                         _ENCODED.clear()
                     if fields:
-                        got = _template(kind, flags, msg, fields)
+                        try:
+                            got = _template(kind, flags, msg, fields)
+                        except Exception:  # pyroute2 refused a perturbed value: no template
+                            got = None
                     else:
                         got = _encode(kind, flags, msg() if callable(msg) else msg, 0)
                     _ENCODED[full] = got

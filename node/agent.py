@@ -236,7 +236,8 @@ def collect_between_verbs(stop: threading.Event, period: float = GC_PERIOD) -> N
     allocation counts, i.e. in the middle of whatever verb crosses the threshold (~0.5 ms of
     every ADD here, measured with tests of ADD in a loop); the agent turns them off and collects
     once a period while holding a run slot, so no verb waits on a collection. Reference counting
-    frees everything else at once; only cycles wait for this (a period's worth at most)."""
+    frees everything else at once; only cycles wait for this: a period's worth at most, or
+    FULL_GC_ROUNDS periods for a cycle that outlived two young collections."""
     gc.disable()
     rounds = 0
     try:

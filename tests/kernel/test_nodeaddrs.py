@@ -27,7 +27,8 @@ def _ip(ns: str, *args: str) -> None:
 
 @pytest.fixture
 def node():
-    """(namespace with a veth carrying 10.9.9.9/24 and fd00:9::9/64, pin root with an endpoints map)."""
+    """(namespace with a veth carrying 10.9.9.9/24, fd00:9::9/64 and 10.7.0.1 peer 10.7.0.2, pin
+    root with an endpoints map)."""
     ns = f"xct-na-{uuid.uuid4().hex[:8]}"
     root = f"/sys/fs/bpf/xdpcni-test-na-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
@@ -38,6 +39,7 @@ def node():
         _ip(ns, "link", "set", "na0", "up")
         _ip(ns, "addr", "add", "10.9.9.9/24", "dev", "na0")
         _ip(ns, "addr", "add", "fd00:9::9/64", "dev", "na0", "nodad")
+        _ip(ns, "addr", "add", "10.7.0.1", "peer", "10.7.0.2", "dev", "na0")  # point-to-point
         layout = PinLayout(root)
         os.makedirs(layout.maps_dir, mode=0o700)
         kind, entries = abi.MAP_SPECS["endpoints"]
@@ -64,15 +66,21 @@ def test_sync_keeps_the_node_entries_equal_to_the_namespaces_addresses(node):
         eps.put(abi.EndpointKey.for_ip("10.1.1.1"), abi.EndpointInfo(flags=abi.EP_F_NODE))  # stale
         eps.put(abi.EndpointKey.for_ip("10.9.9.10"), abi.EndpointInfo(ifindex=5))  # a pod's
     with entered(ns):
-        assert nodeaddrs.node_addresses() == {"10.9.9.9", "fd00:9::9"}  # no lo, no link-local
-        assert nodeaddrs.sync(root) == (2, 1)
+        # No lo, no link-local; the point-to-point address's own end, not its peer.
+        assert nodeaddrs.node_addresses() == {"10.9.9.9", "fd00:9::9", "10.7.0.1"}
+        assert nodeaddrs.sync(root) == (3, 1)
         assert _entries(root) == {
             "10.9.9.9": (0, abi.EP_F_NODE),
             "fd00:9::9": (0, abi.EP_F_NODE),
+            "10.7.0.1": (0, abi.EP_F_NODE),
             "10.9.9.10": (5, 0),
         }
         assert nodeaddrs.sync(root) == (0, 0)  # in step: nothing written
         _ip(ns, "addr", "add", "10.9.9.10/32", "dev", "na0")  # a pod's address on the node too
         _ip(ns, "addr", "del", "10.9.9.9/24", "dev", "na0")
         assert nodeaddrs.sync(root) == (0, 1)
-        assert _entries(root) == {"fd00:9::9": (0, abi.EP_F_NODE), "10.9.9.10": (5, 0)}  # never shadowed
+        assert _entries(root) == {  # the pod's entry never shadowed
+            "fd00:9::9": (0, abi.EP_F_NODE),
+            "10.7.0.1": (0, abi.EP_F_NODE),
+            "10.9.9.10": (5, 0),
+        }

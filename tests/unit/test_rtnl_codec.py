@@ -446,9 +446,14 @@ _macs = st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for 
     gw4=st.ip_addresses(v=4).map(str),
 )
 def test_template_bytes_equal_pyroute2s_encoding(**v):
-    """Filled templates (primed with _FIRST's values, then with each example's lengths) give
-    byte for byte what pyroute2 encodes for the same values, sequence numbers included."""
-    _sent(_FIRST, True)
+    """Templates made from other values of the same lengths (the example's values each moved to
+    another of its kind, _other), then filled with the example's values, give byte for byte what
+    pyroute2 encodes for them, sequence numbers included."""
+    kinds = {"host": "name", "pod": "name", "alias": "name", "mac1": "mac", "mac2": "mac", "fd": "u32"}
+    kinds |= {"mtu": "u32", "index": "u32", "ip4": "ip", "ip6": "ip", "gw4": "ip"}
+    rtnl._ENCODED.clear()
+    _sent({k: rtnl._other(kinds[k], x, 1) for k, x in v.items()}, True)
+    assert all(got is not None for got in rtnl._ENCODED.values())  # every shape templated
     assert _sent(v, True) == _sent(v, False)
 
 
@@ -526,3 +531,33 @@ def test_link_from_raw_reads_what_pyroute2_decodes(attrs):
     msg.decode()
     want, got = rtnl.Link.from_msg(msg), rtnl.Link.from_raw(raw)
     assert [getattr(got, k) for k in rtnl.Link.__slots__] == [getattr(want, k) for k in rtnl.Link.__slots__]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda nl: nl.get_link(index=2**31 + 5),  # ifinfmsg's index is signed: pyroute2 refuses
+        lambda nl: nl.replace_neigh(42, "10.0.0.1", "2:0:0:0:0:1") or nl.flush(),  # short MAC form
+        lambda nl: nl.replace_neigh(42, "10.0.0.1", "020000000001") or nl.flush(),  # no colons
+        lambda nl: nl.get_link(b"eth0"),  # not a str
+    ],
+)
+def test_values_outside_the_templates_behave_as_without_them(call):
+    """A value a template does not cover (out of range, another spelling, another type) takes
+    pyroute2's own encoding: the same bytes, or the same refusal, as with templates off."""
+
+    def outcome(templates: bool):
+        rtnl.use_templates(templates)
+        try:
+            _sent(_FIRST, templates)  # templates of every shape exist
+            rtnl.use_templates(templates)
+            nl = _rtnl()
+            try:
+                call(nl)
+            except Exception as exc:  # noqa: BLE001 - the refusal is what is compared
+                return type(exc)
+            return nl.sock.sent
+        finally:
+            rtnl.use_templates(False)
+
+    assert outcome(True) == outcome(False)
