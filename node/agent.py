@@ -12,9 +12,9 @@ second, and the fast path's TCP flows are marked liberal in conntrack as they be
 Each connection is served by its own thread: a slow verb (waiting for a lock) or an idle or
 malformed connection never holds up the others. Verbs serialise where they must through their
 own locks (per attachment, per network, per datapath; flock locks exclude threads as they
-exclude processes), and no verb changes the thread's network namespace (a pod namespace's
-netlink socket is made by a helper thread that setns()es there, datapath/rtnl.py: no fork; its
-messages are pyroute2's). A malformed message gets an error object on its own connection and is
+exclude processes), and a verb's thread leaves the node's network namespace only for the one
+socket() call that makes a pod namespace's netlink socket (datapath/rtnl.py socket_in_netns: no
+fork; its messages are pyroute2's). A malformed message gets an error object on its own connection and is
 logged; the agent keeps serving. The agent must run in the node's network
 namespace; a client from another namespace is told to fall back.
 """
