@@ -8,9 +8,11 @@ import contextlib
 import fcntl
 import os
 import threading
+from types import SimpleNamespace
 
 import pytest
 
+from cni.commands import common
 from cni.plumbing import host_ifname_for
 from datapath.endpoints import EndpointTable
 from sim.agent import NodeAgent
@@ -22,8 +24,10 @@ NET = "xdpcni-test"
 
 
 def attachment_lock_path(node, container_id: str, ifname: str = "eth0") -> str:
-    """The attachment lock file (cni/commands/common.py attachment_locked)."""
-    return os.path.join(node.data_dir, NET, "locks", host_ifname_for(container_id, ifname, NET) + ".lock")
+    """The attachment's lock file (cni/commands/common.py attachment_locked)."""
+    return common.attachment_lock_path(
+        SimpleNamespace(name=NET, data_dir=node.data_dir), container_id, ifname
+    )
 
 
 def has_open(pid: int, fd: int) -> bool:

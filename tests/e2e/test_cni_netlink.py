@@ -11,10 +11,9 @@ import time
 
 import pytest
 
-from cni.commands.common import network_dir
+from cni.commands.common import attachment_lock_path
 from cni.main import execute
 from cni.netconf import parse
-from cni.plumbing import host_ifname_for
 from datapath import rtnl
 from datapath.locks import flocked
 from datapath.netns import entered
@@ -116,7 +115,8 @@ def test_agent_serves_verbs_concurrently(node):
         rt = Runtime.single(node, "tc", agentSocket=agent.sock)
         assert rt.add("warm", rt.new_pod_netns("w")).ok
         conf = parse(rt.xdpcni_conf(), "ADD")
-        lock = os.path.join(network_dir(conf), "locks", host_ifname_for("slow", "eth0", conf.name) + ".lock")
+        lock = attachment_lock_path(conf, "slow", "eth0")
+        assert lock != attachment_lock_path(conf, "fast", "eth0")  # the fast pod's lock is another file
         ns_slow, ns_fast = rt.new_pod_netns("slow"), rt.new_pod_netns("fast")
         done: dict = {}
         with flocked(lock, "test holds the slow pod's attachment lock"):
