@@ -26,8 +26,8 @@ import statistics
 import struct
 import time
 
+from cni import locking, testhook
 from cni import node as cni_node
-from cni import testhook
 from cni.main import execute
 from datapath import rtnl
 from datapath.netns import entered
@@ -95,6 +95,7 @@ def profile(n_pods: int, endpoints: int, log=print) -> dict:
             add_fake_endpoints(node, endpoints, graveyard, log)
         cni_node.WATCHED_ROOTS.add(node.pin_root)
         rtnl.use_templates()
+        locking.keep_spares()
         testhook.step, rtnl.Rtnl._msg, rtnl.Rtnl.__init__ = step, msg, init
         gc.collect()
         gc.disable()
@@ -130,10 +131,12 @@ def profile(n_pods: int, endpoints: int, log=print) -> dict:
                         del v[after_add.get(id(v), 0) :]
                         if not v:
                             del table[k]
+                locking.refill_spares()  # as the agent does after each reply
                 gc.collect()
     finally:
         gc.enable()
         rtnl.use_templates(False)
+        locking.keep_spares(False)
         testhook.step, rtnl.Rtnl._msg, rtnl.Rtnl.__init__ = orig_step, orig_msg, orig_init
         cni_node.WATCHED_ROOTS.discard(bn.node.pin_root if bn.node else "")
         if pods is not None:

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 
-from cni import client
+from cni import client, locking
 from cni import node as cni_node
 from cni.main import execute
 from datapath.pins import DEFAULT_ROOT
@@ -126,6 +126,7 @@ def _serve_one(conn: socket.socket, own_netns: int, log) -> None:
         client.send_msg(conn, {"rc": rc, "stdout": stdout, "stderr": err.getvalue()})
     except OSError as exc:
         log(f"client went away before the reply: {exc}")
+    locking.refill_spares()  # the next verb's state files, made now that this one has its answer
 
 
 _VERBS = None  # node.metrics.VerbMetrics when the agent serves metrics
@@ -423,6 +424,7 @@ def serve(
     from datapath import locks, rtnl
 
     rtnl.use_templates()  # per-pod netlink requests from templates pyroute2 encoded (datapath/rtnl.py)
+    locking.keep_spares()  # state files' inodes made between verbs (cni/locking.py write_atomic)
 
     _SLOTS = RunSlots(running if running > 0 else DEFAULT_RUNNING)
     locks.WAIT_HOOK = _SLOTS.released_while_waiting
@@ -486,6 +488,7 @@ def serve(
         reaper.stop()
         cni_common.DEFER = None
         locks.WAIT_HOOK = None
+        locking.keep_spares(False)
         cni_node.WATCHED_ROOTS.difference_update(roots)
         for svc in started:
             svc.stop()

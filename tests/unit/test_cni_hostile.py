@@ -263,12 +263,16 @@ def test_corrupt_or_edited_records_are_unreadable_not_missing(tmp_path):
     assert store.get("abc", "eth0").host_ifname != "nic0"
 
 
-def test_full_disk_write_leaves_no_temporary(tmp_path, monkeypatch):
+@pytest.mark.parametrize("tmpfile", [True, False], ids=["unnamed file", "named temporary"])
+def test_full_disk_write_leaves_no_temporary(tmp_path, monkeypatch, tmpfile):
+    """A write that fails (full disk) raises code 5 and leaves nothing: both ways write_atomic
+    writes (an unnamed O_TMPFILE file, or a named temporary where the filesystem has none)."""
     import cni.locking
 
     class FullDisk:  # the temporary gets created, writing into it fails
         def __init__(self, path, mode):
             self.fh = open(path, mode)  # noqa: SIM115 - closed by __exit__
+            made.append(path)
 
         def __enter__(self):
             return self
@@ -279,10 +283,28 @@ def test_full_disk_write_leaves_no_temporary(tmp_path, monkeypatch):
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cni.locking, "open", FullDisk, raising=False)
+    made: list = []
+    real_open = os.open
+
+    def no_tmpfile(path, flags, *args):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "no O_TMPFILE here")
+        return real_open(path, flags, *args)
+
+    def full_write(fd, data):
+        made.append(fd)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if tmpfile:
+        monkeypatch.setattr(cni.locking.os, "write", full_write)
+    else:
+        monkeypatch.setattr(cni.locking.os, "open", no_tmpfile)
+        monkeypatch.setattr(cni.locking, "open", FullDisk, raising=False)
     with pytest.raises(CniError) as exc:
         write_atomic(str(tmp_path / "rec.json"), "{}")
+    monkeypatch.undo()
     assert exc.value.code == 5 and "space" in exc.value.msg
+    assert made  # the failure came from the way under test
     assert os.listdir(tmp_path) == []
 
 

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from cni import locking
 from cni.ipam.store import LAST_PREFIX, LeaseStore
 from cni.records import RECORD_SIZE, Record, RecordStore
 
@@ -90,3 +91,62 @@ def test_a_record_is_updated_in_place_only_when_it_is_ours_as_written(tmp_path):
     store.put(rec, in_place=True)
     assert store.get("c1", "eth0").ips == ["10.0.0.6"]
     assert os.stat(path).st_ino != ino
+
+
+# -- write_atomic: unnamed files, and the spares a long-running process keeps -------------------
+
+
+@pytest.fixture
+def spares():
+    locking.keep_spares()
+    try:
+        yield
+    finally:
+        locking.keep_spares(False)
+
+
+def _opens_of_unnamed_files(monkeypatch) -> list[str]:
+    seen: list[str] = []
+    real = os.open
+
+    def watch(path, flags, *args, **kwargs):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            seen.append(path)
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(locking.os, "open", watch)
+    return seen
+
+
+def test_a_write_names_an_unnamed_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    seen = _opens_of_unnamed_files(monkeypatch)
+    path = str(tmp_path / "10.0.0.7")
+    locking.write_atomic(path, "c1\neth0\n", exclusive=True)
+    assert seen == [str(tmp_path)] and os.listdir(tmp_path) == ["10.0.0.7"]
+    with open(path) as fh:
+        assert fh.read() == "c1\neth0\n"
+    with pytest.raises(FileExistsError):  # exclusive: never over an existing file
+        locking.write_atomic(path, "c2\neth0\n", exclusive=True)
+    locking.write_atomic(path, "c3\neth0\n")  # not exclusive: replaced (rename)
+    with open(path) as fh:
+        assert fh.read() == "c3\neth0\n"
+    assert os.listdir(tmp_path) == ["10.0.0.7"]
+
+
+def test_spares_are_made_between_writes_and_used_by_the_next(tmp_path, monkeypatch, spares):
+    d = tmp_path / "ipam"
+    d.mkdir()
+    locking.write_atomic(str(d / "a"), "1")  # the first write in a directory makes its own file
+    seen = _opens_of_unnamed_files(monkeypatch)
+    locking.refill_spares()
+    assert seen == [str(d)] * locking.SPARES_PER_DIR
+    assert os.listdir(d) == ["a"]  # spares have no name
+    del seen[:]
+    for name in ("b", "c"):
+        locking.write_atomic(str(d / name), name, exclusive=True)
+    assert seen == []  # both from the spares
+    assert sorted(os.listdir(d)) == ["a", "b", "c"]
+    with open(d / "c") as fh:
+        assert fh.read() == "c"
+    locking.keep_spares(False)  # closing the spares leaves nothing behind
+    assert sorted(os.listdir(d)) == ["a", "b", "c"]
