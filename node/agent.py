@@ -9,8 +9,9 @@ It also keeps the conntrack gate honest while it runs: `netfilter: auto` is re-d
 second, and the fast path's TCP flows are marked liberal in conntrack as they become established
 (datapath/ctliberal.py), which the gate requires of TCP unless nf_conntrack_tcp_be_liberal=1.
 
-Each connection is served by its own thread: a slow verb (waiting for a lock) or an idle or
-malformed connection never holds up the others. Verbs serialise where they must through their
+Each connection is served by a thread of its own (threads waiting in accept() take one each
+and serve it; another starts whenever the last waiting one is taken: _Acceptors): a slow verb
+(waiting for a lock) or an idle or malformed connection never holds up the others. Verbs serialise where they must through their
 own locks (per attachment, per network, per datapath; flock locks exclude threads as they
 exclude processes), and a verb's thread leaves the node's network namespace only for the one
 socket() call that makes a pod namespace's netlink socket (datapath/rtnl.py socket_in_netns: no
@@ -273,6 +274,45 @@ def _connection(conn: socket.socket, own_netns: int, log) -> None:
         log(f"error serving a connection: {type(exc).__name__}: {exc}")
 
 
+class _Acceptors:
+    """Threads that each accept a connection and serve it themselves: no thread is started per
+    connection while one waits in accept() (a thread start cost ~0.2 ms of every verb here).
+    Whenever the last waiting thread takes a connection it starts another first, so a
+    connection never waits for a thread (a verb waiting for a lock keeps its thread, and the
+    others go on); a thread that finds IDLE_MAX others waiting ends."""
+
+    IDLE_MAX = 4
+
+    def __init__(self, srv: socket.socket, own_netns: int, log) -> None:
+        self.srv, self.own_netns, self.log = srv, own_netns, log
+        self.lock = threading.Lock()
+        self.idle = 0  # threads in (or on their way to) accept()
+
+    def start(self) -> None:
+        with self.lock:
+            self.idle += 1
+        threading.Thread(target=self._run, name="xdpcni-agent-conn", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:  # the socket was shut down: the agent is stopping
+                with self.lock:
+                    self.idle -= 1
+                return
+            with self.lock:
+                self.idle -= 1
+                last = self.idle == 0
+            if last:
+                self.start()
+            _connection(conn, self.own_netns, self.log)
+            with self.lock:
+                if self.idle >= self.IDLE_MAX:
+                    return
+                self.idle += 1
+
+
 NETFILTER_PERIOD = 1.0  # seconds between re-decisions of the conntrack gate (netfilter: auto)
 
 
@@ -441,8 +481,15 @@ def serve(
         os.umask(old_umask)
     srv.listen(256)
     own_netns = client.netns_inode()
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1) or srv.close())
+    stopping = threading.Event()
+
+    def stop(*_) -> None:
+        stopping.set()
+        with contextlib.suppress(OSError):
+            srv.shutdown(socket.SHUT_RDWR)  # wakes the threads in accept() (close alone does not)
+        srv.close()
+
+    signal.signal(signal.SIGTERM, stop)
     log(f"serving CNI verbs on {path} (pid {os.getpid()})")
     roots = roots or [DEFAULT_ROOT]
     cni_node.WATCHED_ROOTS.update(roots)  # watch_netfilter re-decides their gate: verbs need not
@@ -475,12 +522,9 @@ def serve(
     collector = threading.Thread(target=collect_between_verbs, args=(stop_watch,), daemon=True)
     collector.start()
     try:
-        while not stopping:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                break  # closed by SIGTERM
-            threading.Thread(target=_connection, args=(conn, own_netns, log), daemon=True).start()
+        _Acceptors(srv, own_netns, log).start()
+        while not stopping.wait(3600):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
@@ -496,7 +540,7 @@ def serve(
             marker.stop()
         if httpd is not None:
             httpd.shutdown()
-        srv.close()
+        stop()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         log("stopped")
