@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from contextlib import contextmanager
 
 from ..env import CONTAINER_ID_RE, is_ip, validate_ifname
 from ..errors import CniError
 from ..locking import flocked, write_atomic, write_failed
 
+_ADDRESS_CHARS = re.compile(r"[0-9a-fA-F.:]+")  # what an address's canonical text is made of
 LOCK_NAME = "lock"
 LAST_PREFIX = "last_reserved_ip."
 LAST_WIDTH = 40
@@ -95,22 +97,19 @@ class LeaseStore:
         return out
 
     def addresses(self) -> set[str]:
-        """Every leased address, readable owner or not (names only: no file is read). Under the
-        lock, the names its sweep listed: this holder's own reservations since then may be
-        missing, which costs nothing (reserve() is exclusive and refuses a taken address)."""
+        """Every leased address, readable owner or not (names only: no file is read), for
+        membership tests of addresses in their canonical form (str(ipaddress.ip_address(..)),
+        which is how leases are named): the names made of address characters, a regular
+        expression's check per name instead of ipaddress's parse (~5 us a name: ~5 ms of every
+        ADD on a network with a thousand leases). Under the lock, the names its sweep listed:
+        this holder's own reservations since then may be missing, which costs nothing (reserve()
+        is exclusive and refuses a taken address)."""
         names = self._names
         if names is None:
             if not os.path.isdir(self.dir):
                 return set()
             names = os.listdir(self.dir)
-        out = set()
-        for name in names:
-            try:
-                ipaddress.ip_address(name)
-            except ValueError:
-                continue
-            out.add(name)
-        return out
+        return {name for name in names if _ADDRESS_CHARS.fullmatch(name)}
 
     def unreadable(self) -> list[str]:
         return sorted(os.path.join(self.dir, ip) for ip, owner in self.leases().items() if owner is None)

@@ -150,3 +150,16 @@ def test_spares_are_made_between_writes_and_used_by_the_next(tmp_path, monkeypat
         assert fh.read() == "c"
     locking.keep_spares(False)  # closing the spares leaves nothing behind
     assert sorted(os.listdir(d)) == ["a", "b", "c"]
+
+
+def test_addresses_are_the_lease_names_without_parsing_them(tmp_path, monkeypatch):
+    store = _store(tmp_path)
+    for ip in ("10.0.0.5", "fd00::5", "10.0.0.6"):
+        _lease(store, ip)
+    store.set_last_reserved(0, "10.0.0.6")
+    for other in ("lock", "10.0.0.9.tmp77-77"):
+        (tmp_path / other).write_text("")
+    import cni.ipam.store as store_mod
+
+    monkeypatch.setattr(store_mod.ipaddress, "ip_address", lambda s: pytest.fail("parsed a lease name"))
+    assert store.addresses() == {"10.0.0.5", "fd00::5", "10.0.0.6"}
