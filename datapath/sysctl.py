@@ -35,12 +35,16 @@ def _write(path: str, value: str) -> bool:
     return True
 
 
-def enable_forwarding(ifname: str) -> None:
-    _write(sys_net(f"ipv4/conf/{ifname}/forwarding"), "1")
-    _write(sys_net(f"ipv6/conf/{ifname}/forwarding"), "1")
-    # Kernel >= 6.17: IPv6 forwarding on this device even with the global switch off; without it
-    # the kernel fallback for IPv6 (e.g. hop limit exceeded) needs net.ipv6.conf.all.forwarding=1.
-    _write(sys_net(f"ipv6/conf/{ifname}/force_forwarding"), "1")
+def enable_forwarding(ifname: str, ipv4: bool = True, ipv6: bool = True) -> None:
+    """Forwarding on `ifname` for the families asked (a pod's host veth: the families of its
+    addresses; each write is an open and a write of a procfs file, ~50-80 us under load)."""
+    if ipv4:
+        _write(sys_net(f"ipv4/conf/{ifname}/forwarding"), "1")
+    if ipv6:
+        _write(sys_net(f"ipv6/conf/{ifname}/forwarding"), "1")
+        # Kernel >= 6.17: IPv6 forwarding on this device even with the global switch off; without
+        # it the kernel fallback for IPv6 (e.g. hop limit exceeded) needs all.forwarding=1.
+        _write(sys_net(f"ipv6/conf/{ifname}/force_forwarding"), "1")
 
 
 def disable_ipv6_ra(ifname: str) -> None:

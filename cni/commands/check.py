@@ -78,7 +78,7 @@ def _check(env: CniEnv, conf: NetConf) -> None:
         if not host["flags"] & IFF_UP:
             missing.append(f"host veth {rec.host_ifname} is down")
         pod_mac = _check_pod(env, host_mac, want, v4, v6, missing)
-        _check_host(ipr, rec.host_ifname, host_idx, pod_mac, want, missing)
+        _check_host(ipr, rec.host_ifname, host_idx, pod_mac, want, missing, bool(v4), bool(v6))
 
     if not node.is_loaded(conf.root):
         missing.append(f"datapath is not loaded under {conf.root}")
@@ -171,10 +171,13 @@ def _sysctl(path: str) -> str | None:
         return None
 
 
-def _check_host(ipr: IPRoute, name: str, idx: int, pod_mac: str | None, want, missing: list[str]) -> None:
-    if _sysctl(f"/proc/sys/net/ipv4/conf/{name}/forwarding") != "1":
+def _check_host(
+    ipr: IPRoute, name: str, idx: int, pod_mac: str | None, want, missing: list[str], v4: bool, v6: bool
+) -> None:
+    """Forwarding for the pod's families (ADD turns on only those), routes, neighbours."""
+    if v4 and _sysctl(f"/proc/sys/net/ipv4/conf/{name}/forwarding") != "1":
         missing.append(f"IPv4 forwarding on {name}")
-    if _sysctl(f"/proc/sys/net/ipv6/conf/{name}/forwarding") not in ("1", None):
+    if v6 and _sysctl(f"/proc/sys/net/ipv6/conf/{name}/forwarding") not in ("1", None):
         missing.append(f"IPv6 forwarding on {name}")
     routes = {
         (r.get_attr("RTA_DST"), r["dst_len"])

@@ -135,3 +135,30 @@ def test_agent_serves_verbs_concurrently(node):
     finally:
         agent.stop()
     assert pod_links(node) == []
+
+
+def _sysctl(node, key: str) -> str:
+    with entered(node.ns), open(f"/proc/sys/net/{key}") as fh:
+        return fh.read().strip()
+
+
+@pytest.mark.parametrize("families", [(4,), (6,), (4, 6)], ids=["ipv4", "ipv6", "dual-stack"])
+def test_the_host_veth_forwards_the_pods_families_only(node, families):
+    """ADD turns forwarding on for the families of the pod's addresses only (four procfs writes
+    were the host side's biggest cost) and router advertisements off always (a pod must never
+    configure the node); CHECK holds the pod to the same."""
+    ranges = [[{"subnet": str(node.cidr4 if f == 4 else node.cidr6)}] for f in families]
+    rt = Runtime.single(node, "tc", ipam={"type": "xdpcni", "ranges": ranges})
+    ns = rt.new_pod_netns(f"fw{''.join(map(str, families))}")
+    cid = f"fw{''.join(map(str, families))}"
+    add = rt.add(cid, ns)
+    assert add.ok, add.stdout + add.stderr
+    try:
+        veth = add.out["interfaces"][0]["name"]
+        assert _sysctl(node, f"ipv4/conf/{veth}/forwarding") == ("1" if 4 in families else "0")
+        assert _sysctl(node, f"ipv6/conf/{veth}/forwarding") == ("1" if 6 in families else "0")
+        assert _sysctl(node, f"ipv6/conf/{veth}/accept_ra") == "0"
+        chk = rt.check(cid, ns)
+        assert chk.ok, chk.stdout + chk.stderr
+    finally:
+        assert rt.delete(cid, ns).ok
