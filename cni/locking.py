@@ -33,12 +33,15 @@ def write_atomic(path: str, data: str, exclusive: bool = False, durable: bool = 
     """Write so a reader (or a crash) never sees half a file; a failed write (full disk) leaves
     nothing behind and raises code 5.
 
-    The content goes into an unnamed file (O_TMPFILE, from the spare pool when the process keeps
-    one: keep_spares) that is then given its name with linkat(2): one directory operation, and a
-    crash at any point leaves no temporary (the kernel frees an unnamed file with its last fd).
-    exclusive=True fails with FileExistsError when `path` exists (linkat never overwrites);
-    otherwise an existing `path` is replaced through a named temporary and rename(2). Where the
-    filesystem has no O_TMPFILE, the named temporary is used throughout.
+    A new file's content goes into an unnamed file (O_TMPFILE, from the spare pool when the
+    process keeps one: keep_spares) that is then given its name with linkat(2): one directory
+    operation, and a crash leaves nothing behind (the kernel frees an unnamed file with its last
+    fd). exclusive=True fails with FileExistsError when `path` exists (linkat never overwrites);
+    otherwise an existing `path` is replaced through a named temporary and rename(2) (the rare
+    case: a record rewritten with a delegated IPAM's addresses, a DEL's note), as is every
+    write where the filesystem has no O_TMPFILE; a crash can leave such a temporary, which the
+    readers skip (its name is none they take for theirs) and the IPAM lock holder sweeps from
+    its directory.
 
     No fsync unless `durable`: a killed process (SIGKILL at any step, tests/e2e/test_cni_crash.py)
     loses nothing that write() handed to the page cache, and the state that matters survives a
@@ -117,10 +120,19 @@ def refill_spares() -> None:
         for _ in range(n):
             try:
                 fd = os.open(d, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
-            except OSError:
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:  # the directory is gone (a removed network): forget it
+                    with _SPARES_LOCK:
+                        gone = _SPARES.pop(d, [])
+                    for old in gone:
+                        os.close(old)
                 break
             with _SPARES_LOCK:
-                _SPARES.setdefault(d, []).append(fd)
+                keep = _KEEP_SPARES and len(_SPARES.setdefault(d, [])) < SPARES_PER_DIR
+                if keep:
+                    _SPARES[d].append(fd)
+            if not keep:  # turned off meanwhile, or another refill got there first
+                os.close(fd)
 
 
 def _unnamed(directory: str) -> int:
@@ -156,10 +168,15 @@ def _link_unnamed(path: str, raw: bytes, durable: bool) -> bool:
             # without CAP_DAC_READ_SEARCH (AT_EMPTY_PATH needs it). Python calls plain link(2)
             # unless a dir fd is given, and link(2) would not follow the /proc symlink.
             os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=_ROOT_FD, follow_symlinks=True)
-        except OSError as exc:
-            if exc.errno == errno.EXDEV:  # a spare of a directory since mounted over
-                return False
+        except FileExistsError:
             raise
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # Anything else (a spare of a directory since mounted over: EXDEV; no usable /proc;
+            # a filesystem that refuses the link): the named temporary's way, which also tells a
+            # missing directory (FileNotFoundError) from the rest.
+            return False
         return True
     finally:
         os.close(fd)

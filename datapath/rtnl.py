@@ -270,8 +270,8 @@ def socket_in_netns(netns_fd: int) -> socket.socket:
     own namespace ends the process: nothing may go on acting from inside a pod's namespace."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        setns(netns_fd)
-        try:
+        try:  # setns inside: a signal right after it still brings the thread back
+            setns(netns_fd)
             return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         finally:
             try:

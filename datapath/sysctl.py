@@ -48,7 +48,8 @@ def enable_forwarding(ifname: str, ipv4: bool = True, ipv6: bool = True) -> None
 
 
 def disable_ipv6_ra(ifname: str) -> None:
-    """A forwarding device must not autoconfigure from router advertisements."""
+    """A pod's host veth must never configure the node from router advertisements (a pod could
+    send them), whether or not IPv6 is forwarded on it."""
     _write(sys_net(f"ipv6/conf/{ifname}/accept_ra"), "0")
 
 

@@ -23,6 +23,7 @@ namespace; a client from another namespace is told to fall back.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import io
 import json
@@ -279,28 +280,41 @@ class _Acceptors:
     connection while one waits in accept() (a thread start cost ~0.2 ms of every verb here).
     Whenever the last waiting thread takes a connection it starts another first, so a
     connection never waits for a thread (a verb waiting for a lock keeps its thread, and the
-    others go on); a thread that finds IDLE_MAX others waiting ends."""
+    others go on); a thread that finds IDLE_MAX others waiting ends. accept() errors other than
+    the socket's shutdown (`stopping` set) are retried; a thread that cannot be started leaves
+    the one that took the connection accepting again once it has served it."""
 
     IDLE_MAX = 4
 
-    def __init__(self, srv: socket.socket, own_netns: int, log) -> None:
-        self.srv, self.own_netns, self.log = srv, own_netns, log
+    def __init__(self, srv: socket.socket, own_netns: int, log, stopping: threading.Event) -> None:
+        self.srv, self.own_netns, self.log, self.stopping = srv, own_netns, log, stopping
         self.lock = threading.Lock()
         self.idle = 0  # threads in (or on their way to) accept()
 
-    def start(self) -> None:
+    def start(self) -> bool:
         with self.lock:
             self.idle += 1
-        threading.Thread(target=self._run, name="xdpcni-agent-conn", daemon=True).start()
+        try:
+            threading.Thread(target=self._run, name="xdpcni-agent-conn", daemon=True).start()
+        except Exception as exc:  # e.g. a pids limit: the caller stays the acceptor
+            with self.lock:
+                self.idle -= 1
+            self.log(f"could not start a connection thread ({exc}): serving one at a time")
+            return False
+        return True
 
     def _run(self) -> None:
         while True:
             try:
                 conn, _ = self.srv.accept()
-            except OSError:  # the socket was shut down: the agent is stopping
-                with self.lock:
-                    self.idle -= 1
-                return
+            except OSError as exc:
+                if self.stopping.is_set() or exc.errno in (errno.EBADF, errno.EINVAL):  # shut down
+                    with self.lock:
+                        self.idle -= 1
+                    return
+                self.log(f"accept failed ({exc}): retrying")
+                time.sleep(0.05)
+                continue
             with self.lock:
                 self.idle -= 1
                 last = self.idle == 0
@@ -522,12 +536,13 @@ def serve(
     collector = threading.Thread(target=collect_between_verbs, args=(stop_watch,), daemon=True)
     collector.start()
     try:
-        _Acceptors(srv, own_netns, log).start()
+        _Acceptors(srv, own_netns, log, stopping).start()
         while not stopping.wait(3600):
             pass
     except KeyboardInterrupt:
         pass
     finally:
+        stop()  # no more connections while the rest is torn down
         stop_watch.set()
         reaper.stop()
         cni_common.DEFER = None
@@ -540,7 +555,6 @@ def serve(
             marker.stop()
         if httpd is not None:
             httpd.shutdown()
-        stop()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         log("stopped")

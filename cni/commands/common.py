@@ -49,26 +49,48 @@ ATTACHMENT_LOCKS = 64  # lock files per network (cni/commands/common.py attachme
 
 
 def attachment_lock_path(conf: NetConf, container_id: str, ifname: str) -> str:
-    """The lock file of one (network, container id, ifname): one of ATTACHMENT_LOCKS files per
-    network, chosen by the attachment's host veth name (a digest of the three). The files are
-    made once and kept (empty): a file made and removed per verb cost two inode operations,
-    ~0.5 ms of an ADD on this machine's ext4 under load. Two attachments that share a file take
-    turns, which only ever delays one of them for as long as the other's verb runs."""
+    """The lock file of one (network, container id, ifname) while a verb runs: one of
+    ATTACHMENT_LOCKS files per network, chosen by the attachment's host veth name (a digest of
+    the three). The files are made once and kept (empty): a file made and removed per verb cost
+    two inode operations, ~0.5 ms of an ADD on this machine's ext4 under load. Attachments that
+    share a file take turns for the length of a verb; a veth deletion that outlives its DEL (the
+    node agent's) holds deletion_lock_path instead, the attachment's own."""
     digest = plumbing.host_ifname_for(container_id, ifname, conf.name)[2:]  # "xc" + 11 hex digits
     return os.path.join(
         network_dir(conf), "locks", f"attachments-{int(digest, 16) % ATTACHMENT_LOCKS:02d}.lock"
     )
 
 
+def deletion_lock_path(conf: NetConf, container_id: str, ifname: str) -> str:
+    """The lock file a deferred veth deletion holds (made by the DEL, removed with the veth)."""
+    name = plumbing.host_ifname_for(container_id, ifname, conf.name)
+    return os.path.join(network_dir(conf), "locks", f"{name}.deleting.lock")
+
+
 @contextmanager
 def attachment_locked(conf: NetConf, container_id: str, ifname: str):
     """Serialise every verb on one (network, container id, ifname): ADD and DEL of the same
-    container never interleave (attachment_lock_path: a fixed set of lock files, so none pile
-    up)."""
-    with flocked(
-        attachment_lock_path(conf, container_id, ifname), f"attachment lock of {container_id}/{ifname}"
-    ):
-        yield
+    container never interleave, nor run while the attachment's veth deletion does (a DEL the
+    node agent answered before the kernel deleted the veth). The deletion's own lock is waited
+    for before the shared lock file is taken, so a slow deletion delays only its attachment."""
+    shared = attachment_lock_path(conf, container_id, ifname)
+    deleting = deletion_lock_path(conf, container_id, ifname)
+    what = f"attachment lock of {container_id}/{ifname} (a lock file shared with other attachments)"
+    while True:
+        if os.path.exists(deleting):
+            with flocked(deleting, f"deletion lock of {container_id}/{ifname}'s veth", remove=True):
+                pass  # its veth is gone: the deletion released it (or its holder died)
+        with flocked(shared, what):
+            if not os.path.exists(deleting):  # else a DEL began one meanwhile: wait for it too
+                yield
+                return
+
+
+def hold_deletion_lock(conf: NetConf, container_id: str, ifname: str, held: ExitStack) -> None:
+    """Take the attachment's deletion lock into `held` (under attachment_locked): whoever closes
+    `held` once the veth is gone releases it and removes its file."""
+    what = f"deletion lock of {container_id}/{ifname}'s veth"
+    held.enter_context(flocked(deletion_lock_path(conf, container_id, ifname), what, remove=True))
 
 
 def forget_endpoint(root: str, host_ifindex: int | None, ips: list[str], keep_iface: bool = False) -> None:
@@ -123,12 +145,15 @@ DEFER: Callable[[Callable[[], None], ExitStack], None] | None = None
 
 def teardown_locked(conf: NetConf, env: CniEnv, container_id: str, ifname: str) -> None:
     """teardown() under the attachment's lock (DEL, GC). In the node agent (DEFER set) the veth's
-    deletion is handed to DEFER together with the lock, which it releases once the veth is gone
-    (an ADD or DEL of the same attachment waits for it)."""
+    deletion is handed to DEFER together with the attachment's deletion lock, which it releases
+    once the veth is gone (an ADD or DEL of the same attachment waits for it; the others that
+    share its lock file do not)."""
     defer = DEFER
     with ExitStack() as held:
-        held.enter_context(attachment_locked(conf, container_id, ifname))
-        finish = teardown(conf, env, container_id, ifname, deferrable=defer is not None)
+        with attachment_locked(conf, container_id, ifname):
+            finish = teardown(conf, env, container_id, ifname, deferrable=defer is not None)
+            if finish is not None and defer is not None:
+                hold_deletion_lock(conf, container_id, ifname, held)
         if finish is not None and defer is not None:
             defer(finish, held.pop_all())
 

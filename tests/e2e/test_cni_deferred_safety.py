@@ -209,11 +209,13 @@ def test_no_thread_stays_in_a_pods_namespace(cluster, node, runtime):
     assert runtime.add("warm", runtime.new_pod_netns("w")).ok
     ns = runtime.new_pod_netns("h0")
     stdin = json.dumps(runtime.xdpcni_conf()).encode()
-    with entered(node.ns):
-        rc, out = execute({**_env("helper", ns), "CNI_COMMAND": "ADD"}, stdin)
-    assert rc == 0, out
     pod_ns = f"net:[{os.stat(f'/var/run/netns/{ns}').st_ino}]"
-    where = {os.readlink(f"/proc/self/task/{tid}/ns/net") for tid in os.listdir("/proc/self/task")}
+    with entered(node.ns):
+        node_ns = os.readlink("/proc/thread-self/ns/net")
+        rc, out = execute({**_env("helper", ns), "CNI_COMMAND": "ADD"}, stdin)
+        assert os.readlink("/proc/thread-self/ns/net") == node_ns  # the verb's thread came back
+        where = {os.readlink(f"/proc/self/task/{tid}/ns/net") for tid in os.listdir("/proc/self/task")}
+    assert rc == 0, out
     assert where and pod_ns not in where
     with entered(node.ns):
         assert execute({**_env("helper", ns), "CNI_COMMAND": "DEL"}, stdin)[0] == 0
