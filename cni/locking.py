@@ -145,9 +145,10 @@ def _unnamed(directory: str) -> int:
 
 
 def _link_unnamed(path: str, raw: bytes, durable: bool) -> bool:
-    """Write `raw` to an unnamed file in `path`'s directory and name it `path`. False when the
-    filesystem has no O_TMPFILE (nothing written: use a named temporary); FileExistsError when
-    `path` exists, FileNotFoundError when its directory does not."""
+    """Write `raw` to an unnamed file in `path`'s directory and name it `path`. False when that
+    cannot be done here (no O_TMPFILE, or a link error other than a full disk or quota: `path`
+    not made, use a named temporary); FileExistsError when `path` exists, FileNotFoundError when
+    its directory does not."""
     global _ROOT_FD
     try:
         fd = _unnamed(os.path.dirname(path) or ".")
