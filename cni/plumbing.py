@@ -168,13 +168,15 @@ def configure_pod(pod_nl: Rtnl, link: PodLink, ips: list[str]) -> None:
 def configure_host(nl: Rtnl, link: PodLink, ips: list[str], flush: bool = True) -> None:
     """Forwarding on (per device, for the families of the pod's addresses: a family the pod has
     no address of is not forwarded to or from it), router advertisements off, host routes and
-    permanent neighbours to the pod's addresses (one batch; the host end came up at creation). flush=False leaves the batch queued on `nl`
-    for the caller's next flush (ADD sends it with the TC attachment: one round trip)."""
-    versions = {ipaddress.ip_address(a).version for a in ips}
+    permanent neighbours to the pod's addresses (one batch; the host end came up at creation).
+    flush=False leaves the batch queued on `nl` for the caller's next flush (ADD sends it with the
+    TC attachment: one round trip)."""
+    addrs = [ipaddress.ip_address(a) for a in ips]
     sysctl.disable_ipv6_ra(link.host_ifname)  # always: a pod must never configure the node by RA
-    sysctl.enable_forwarding(link.host_ifname, ipv4=4 in versions, ipv6=6 in versions)
-    for a in ips:
-        ip = ipaddress.ip_address(a)
+    sysctl.enable_forwarding(
+        link.host_ifname, ipv4=any(ip.version == 4 for ip in addrs), ipv6=any(ip.version == 6 for ip in addrs)
+    )
+    for ip in addrs:
         nl.replace_route(str(ip), 32 if ip.version == 4 else 128, link.host_ifindex, scope=RT_SCOPE_LINK)
         nl.replace_neigh(link.host_ifindex, str(ip), link.pod_mac)
     if flush:

@@ -393,7 +393,7 @@ def unload(root: str, log=print) -> bool:
         pass
     try:
         os.rmdir(layout.claims_dir)  # only when empty: a claim of a pod still there stays
-    except (FileNotFoundError, OSError):
+    except OSError:
         pass
     if did:
         log(f"unloaded xdpcni datapath under {root}")

@@ -501,9 +501,19 @@ class Rtnl:
             errors.update((seq, code) for seq, (code, _) in got.items())
         return got
 
-    def request(self, kind: int, flags: int, msg: nlmsg, what: str = "", ok: tuple[int, ...] = ()) -> None:
-        """One request (a pyroute2 message), acked; errno values in `ok` count as success."""
-        self.queue(kind, flags, msg, what, ok)
+    def request(
+        self,
+        kind: int,
+        flags: int,
+        msg,
+        what: str = "",
+        ok: tuple[int, ...] = (),
+        key: tuple | None = None,
+        fields: tuple = (),
+    ) -> None:
+        """One request, acked; errno values in `ok` count as success (`msg`, `key`, `fields`:
+        see _msg)."""
+        self.queue(kind, flags, msg, what, ok, key, fields)
         self.flush()
 
     def queue(
@@ -650,10 +660,9 @@ class Rtnl:
     def delete_link(self, index: int) -> bool:
         """False when it is gone already."""
         try:
-            self.queue(
+            self.request(
                 RTM_DELLINK, 0, _ifinfo, f"delete link {index}", key=("del",), fields=(("u32", index),)
             )
-            self.flush()
         except NetlinkError as exc:
             if exc.code in (errno.ENODEV, errno.ENOENT):
                 return False
@@ -705,14 +714,14 @@ class Rtnl:
         else:  # the destination, interface and gateway vary: the template's fields
             key = ("route-to", dst_len, scope, gateway is not None)
             fields = (("ip", dst), ("u32", oif)) + ((("ip", gateway),) if gateway else ())
+
+        def build(dst: str = dst, oif: int = oif, gateway: str | None = gateway) -> rtmsg:
+            return self._route(dst, dst_len, oif, gateway, scope)
+
         self.queue(
             RTM_NEWROUTE,
             NLM_F_CREATE | NLM_F_REPLACE,
-            lambda *values: (
-                self._route(dst, dst_len, oif, gateway, scope)
-                if repeats
-                else self._route(values[0], dst_len, values[1], values[2] if gateway else None, scope)
-            ),
+            build,
             f"route {dst}/{dst_len}",
             key=key,
             fields=fields,

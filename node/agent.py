@@ -11,8 +11,8 @@ second, and the fast path's TCP flows are marked liberal in conntrack as they be
 
 Each connection is served by a thread of its own (threads waiting in accept() take one each
 and serve it; another starts whenever the last waiting one is taken: _Acceptors): a slow verb
-(waiting for a lock) or an idle or malformed connection never holds up the others. Verbs serialise where they must through their
-own locks (per attachment, per network, per datapath; flock locks exclude threads as they
+(waiting for a lock) or an idle or malformed connection never holds up the others. Verbs
+serialise where they must through their own locks (per attachment, per network, per datapath; flock locks exclude threads as they
 exclude processes), and a verb's thread leaves the node's network namespace only for the one
 socket() call that makes a pod namespace's netlink socket (datapath/rtnl.py socket_in_netns: no
 fork; its messages are pyroute2's). A malformed message gets an error object on its own connection and is
@@ -291,7 +291,7 @@ class _Acceptors:
         self.lock = threading.Lock()
         self.idle = 0  # threads in (or on their way to) accept()
 
-    def start(self) -> bool:
+    def start(self) -> None:
         with self.lock:
             self.idle += 1
         try:
@@ -300,8 +300,6 @@ class _Acceptors:
             with self.lock:
                 self.idle -= 1
             self.log(f"could not start a connection thread ({exc}): serving one at a time")
-            return False
-        return True
 
     def _run(self) -> None:
         while True:
