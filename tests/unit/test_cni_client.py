@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cni import client
 
@@ -250,3 +252,16 @@ def test_launcher_runs_the_client_from_current_bytecode_only(tmp_path):
         fh.write("\n# edited\n")
     res = version()
     assert res.returncode != 0 and b"the package was imported" in res.stderr
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.text(st.characters(blacklist_categories=()))
+    | st.sampled_from(['"\\', "\x7f", "\udc80a\\", "a\u2028b"])
+)
+def test_json_string_encoder_matches_its_table(s):
+    """_jstr's fast path (printable text: only quotes and backslashes escaped) writes exactly what
+    the escape table writes, and what json.loads reads back as `s` (surrogateescape'd bytes, the
+    table's \\udcXX, come back as those code points)."""
+    assert client._jstr(s) == '"' + s.translate(client._ESCAPES) + '"'
+    assert json.loads(client._jstr(s)) == s

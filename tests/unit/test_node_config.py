@@ -62,3 +62,30 @@ def test_load_with_nic_auto_says_what_to_do(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nic: auto" in err and "--nic" in err and "--kubernetes" in err
     assert not Path("/sys/fs/bpf/xdpcni-unit-never-loaded").exists()
+
+
+@pytest.mark.parametrize(
+    "missing", ["progs", "maps", "progs/tc_pod", "maps/endpoints", "maps/monitor_events"]
+)
+def test_is_loaded_needs_every_pin(tmp_path, missing):
+    """is_loaded() reads the two pin directories (every verb asks): loaded only when every
+    program and map is there, never when one pin or a whole directory is missing."""
+    from datapath.pins import MAPS, PROGRAMS, PinLayout
+
+    layout = PinLayout(str(tmp_path))
+    for sub, names in (("progs", PROGRAMS), ("maps", MAPS)):
+        (tmp_path / sub).mkdir()
+        for n in names:
+            (tmp_path / sub / n).touch()
+    (tmp_path / "progs" / "unrelated").touch()
+    assert layout.is_loaded()
+    target = tmp_path / missing
+    if target.is_dir():
+        for f in target.iterdir():
+            f.unlink()
+        target.rmdir()
+    else:
+        target.unlink()
+    assert not layout.is_loaded()
+    target.mkdir() if "/" not in missing else target.touch()
+    assert layout.is_loaded() == ("/" in missing)

@@ -62,6 +62,11 @@ class FakeSock:
         out, self.pending = self.pending[:bufsize], self.pending[bufsize:]
         return out
 
+    def recv_into(self, buf) -> int:
+        out = self.recv(len(buf))
+        buf[: len(out)] = out
+        return len(out)
+
     def close(self) -> None:
         pass
 
@@ -561,3 +566,32 @@ def test_values_outside_the_templates_behave_as_without_them(call):
             rtnl.use_templates(False)
 
     assert outcome(True) == outcome(False)
+
+
+def test_reads_reuse_one_buffer_per_thread_and_return_copies():
+    """Rtnl._recv reads into a buffer its thread keeps (no 1 MiB allocation per read); what it
+    returns is the datagram's own bytes, which later reads (this thread's or another's) never
+    change."""
+    import threading
+
+    def read_two(results: list) -> None:
+        sock = FakeSock()
+        nl = _rtnl(sock)
+        sock.pending = b"A" * 100
+        first = nl._recv()
+        buf = rtnl._RECV.buf
+        sock.pending = b"B" * 50
+        second = nl._recv()
+        results.append((first, second, buf is rtnl._RECV.buf, id(buf.obj)))
+
+    here: list = []
+    read_two(here)
+    read_two(here)
+    other: list = []
+    t = threading.Thread(target=read_two, args=(other,))
+    t.start()
+    t.join()
+    for first, second, same, _ in here + other:
+        assert (first, second, same) == (b"A" * 100, b"B" * 50, True)
+        assert isinstance(first, bytes)
+    assert here[0][3] == here[1][3] != other[0][3]  # one buffer per thread, kept between sockets
