@@ -11,6 +11,7 @@ Shape (as the reference ptp plugin, with link-local gateways as Calico/Cilium do
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import ipaddress
 import os
@@ -45,10 +46,12 @@ class PodLink:
     pod_mac: str
 
 
+@functools.lru_cache(maxsize=4096)
 def host_ifname_for(container_id: str, ifname: str, network: str | None = None) -> str:
     """Deterministic, so DEL finds the veth from its key alone (IFNAMSIZ is 16). Named per
     (network, container id, ifname): the same container on two networks gets two veths.
-    (network=None: the simulator's hand-made pods, which belong to no network.)"""
+    (network=None: the simulator's hand-made pods, which belong to no network.) Cached: a verb
+    asks several times (lock, record and veth names), each a SHA-256 through OpenSSL."""
     key = f"{container_id}/{ifname}" if network is None else f"{network}\0{container_id}\0{ifname}"
     return "xc" + hashlib.sha256(key.encode(errors="surrogateescape")).hexdigest()[:11]
 

@@ -19,8 +19,14 @@ FAIL_ENV = "XDPCNI_TEST_FAIL_AT"
 ADD_STEPS = ("datapath", "record", "ipam", "veth", "pod-side", "host-side", "programs", "maps", "result")
 
 
+# Read once, at import: they are set in the environment a plugin process (or the node agent)
+# starts with, and each os.environ lookup costs a few microseconds at every step of every ADD.
+_KILL_AT = os.environ.get(KILL_ENV)
+_FAIL_AT = os.environ.get(FAIL_ENV)
+
+
 def step(name: str) -> None:
-    if os.environ.get(KILL_ENV) == name:
+    if name == _KILL_AT:
         os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get(FAIL_ENV) == name:
+    if name == _FAIL_AT:
         raise CniError(INTERNAL, f"test hook: injected failure after step {name!r}")

@@ -35,16 +35,34 @@ def _write(path: str, value: str) -> bool:
     return True
 
 
+def _ensure_on(path: str) -> bool:
+    """The switch at `path` on ("1"): written only when it reads otherwise. A device made while
+    the node forwards globally (net.ipv4.ip_forward=1, as kube-proxy needs) starts with
+    forwarding on, and writing a forwarding switch costs far more than reading it (the kernel
+    then flushes the routing cache and announces the change: ~0.13 ms against ~0.02 ms here).
+    False when the sysctl does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        if os.read(fd, 16).strip() == b"1":
+            return True
+    finally:
+        os.close(fd)
+    return _write(path, "1")
+
+
 def enable_forwarding(ifname: str, ipv4: bool = True, ipv6: bool = True) -> None:
     """Forwarding on `ifname` for the families asked (a pod's host veth: the families of its
-    addresses; each write is an open and a write of a procfs file, ~50-80 us under load)."""
+    addresses), each switch written only when it is off (_ensure_on)."""
     if ipv4:
-        _write(sys_net(f"ipv4/conf/{ifname}/forwarding"), "1")
+        _ensure_on(sys_net(f"ipv4/conf/{ifname}/forwarding"))
     if ipv6:
-        _write(sys_net(f"ipv6/conf/{ifname}/forwarding"), "1")
+        _ensure_on(sys_net(f"ipv6/conf/{ifname}/forwarding"))
         # Kernel >= 6.17: IPv6 forwarding on this device even with the global switch off; without
         # it the kernel fallback for IPv6 (e.g. hop limit exceeded) needs all.forwarding=1.
-        _write(sys_net(f"ipv6/conf/{ifname}/force_forwarding"), "1")
+        _ensure_on(sys_net(f"ipv6/conf/{ifname}/force_forwarding"))
 
 
 def disable_ipv6_ra(ifname: str) -> None:

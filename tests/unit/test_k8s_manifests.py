@@ -210,3 +210,32 @@ def test_sysctl_writes_follow_xdpcni_procfs(tmp_path):
     env = dict(os.environ, XDPCNI_PROCFS=str(tmp_path))
     subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=Path(__file__).resolve().parents[2])
     assert (conf / "forwarding").read_text() == "1"
+
+
+def test_forwarding_switches_are_written_only_when_off(tmp_path, monkeypatch):
+    """A host veth made while the node forwards globally starts with forwarding on: the switch is
+    read, and written only when it is off (a write makes the kernel flush its routing cache)."""
+    from datapath import sysctl
+
+    monkeypatch.setattr(sysctl, "PROCFS", str(tmp_path))
+    written = []
+    real_write = sysctl._write
+    monkeypatch.setattr(sysctl, "_write", lambda path, value: written.append(path) or real_write(path, value))
+    for fam, names in (("ipv4", ["forwarding"]), ("ipv6", ["forwarding", "force_forwarding"])):
+        d = tmp_path / f"sys/net/{fam}/conf"
+        for dev, value in (("on0", "1\n"), ("off0", "0\n")):
+            (d / dev).mkdir(parents=True, exist_ok=True)
+            for n in names:
+                (d / dev / n).write_text(value)
+    sysctl.enable_forwarding("on0")
+    assert written == []
+    sysctl.enable_forwarding("off0")
+    assert sorted(written) == sorted(
+        str(tmp_path / f"sys/net/{p}")
+        for p in ("ipv4/conf/off0/forwarding", "ipv6/conf/off0/forwarding", "ipv6/conf/off0/force_forwarding")
+    )
+    assert all(
+        (tmp_path / f"sys/net/{fam}/conf/off0/forwarding").read_text().strip() == "1"
+        for fam in ("ipv4", "ipv6")
+    )
+    sysctl.enable_forwarding("missing0")  # a switch this kernel lacks (force_forwarding before 6.17)
