@@ -27,7 +27,7 @@ from datapath.endpoints import Endpoint, EndpointTable
 from datapath.netns import entered
 from sim.agent import NodeAgent
 from sim.cni_runtime import cni_bin_dir, invoke, xdpcni_netconf
-from sim.topology import VENV_BIN, Node
+from sim.topology import VENV_BIN, Node, loopback_up
 
 CNI_VERSION = "1.0.0"
 # xdpcni in-process and through the agent share one network (lease store): separate ranges.
@@ -168,6 +168,7 @@ class PodNamespaces:
         ns = f"{self.node.ns}-{name}"
         self.made.append(ns)  # first: a signal during create() must not leave it unknown
         netns.create(ns)
+        loopback_up(ns)  # as the runtime does before calling a plugin, untimed (sim/topology.py)
         return ns
 
     def remove(self, ns: str) -> None:

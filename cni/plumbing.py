@@ -147,10 +147,10 @@ def create_pod_link(
 
 
 def configure_pod(pod_nl: Rtnl, link: PodLink, ips: list[str]) -> None:
-    """Pod side in one batch: lo and the interface up, addresses, link-local gateways with
-    permanent neighbours, default routes."""
+    """Pod side in one batch: the interface up, addresses, link-local gateways with permanent
+    neighbours, default routes. lo is the runtime's (containerd's loopback plugin, CRI-O and
+    podman bring it up themselves), as for the reference plugins: ~0.1 ms of every ADD less."""
     idx = link.pod_ifindex
-    pod_nl.set_up(LOOPBACK_IFINDEX)
     v4 = [a for a in ips if ipaddress.ip_address(a).version == 4]
     v6 = [a for a in ips if ipaddress.ip_address(a).version == 6]
     for a in v4:

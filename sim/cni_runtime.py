@@ -19,7 +19,7 @@ from pyroute2 import netns
 
 from cni.client import write_launcher
 
-from .topology import SIM_NETFILTER, VENV_BIN, Node, Pod
+from .topology import SIM_NETFILTER, VENV_BIN, Node, Pod, loopback_up
 
 REFERENCE_PLUGINS = "/usr/lib/cni"  # Debian's containernetworking-plugins
 
@@ -155,9 +155,11 @@ class Runtime:
         return conf
 
     def new_pod_netns(self, name: str) -> str:
+        """A pod sandbox's network namespace as a runtime makes it: lo up, nothing else."""
         ns = f"{self.node.ns}-{name}"
         netns.create(ns)
         self.node.cluster.namespaces.append(ns)
+        loopback_up(ns)
         return ns
 
     def add(

@@ -94,6 +94,19 @@ def _no_dad(ns: str) -> None:
         sysctl(ns, f"net.ipv6.conf.{scope}.accept_dad", "0")
 
 
+def loopback_up(ns: str) -> None:
+    """lo up in a pod's network namespace, as every runtime does before it runs a CNI plugin
+    (containerd runs the loopback plugin, CRI-O and podman set it up themselves): plugins, the
+    reference ones and xdpcni alike, configure only the interface they are given."""
+    fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with Rtnl(fd) as nl:
+            nl.set_up(plumbing.LOOPBACK_IFINDEX)
+            nl.flush()
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class Pod:
     name: str

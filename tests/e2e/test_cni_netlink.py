@@ -162,3 +162,25 @@ def test_the_host_veth_forwards_the_pods_families_only(node, families):
         assert chk.ok, chk.stdout + chk.stderr
     finally:
         assert rt.delete(cid, ns).ok
+
+
+def test_add_leaves_the_pods_loopback_to_the_runtime(node, runtime):
+    """lo is the runtime's (containerd runs the loopback plugin; CRI-O and podman bring it up
+    themselves), as for the reference plugins: ADD configures eth0 and leaves lo as it found
+    it (bringing it up cost ~0.1 ms of every ADD)."""
+    from pyroute2 import netns
+
+    ns = f"{node.ns}-rawlo"
+    netns.create(ns)  # as unshare(2) makes it: lo down
+    node.cluster.namespaces.append(ns)
+    inv = runtime.add("rawlo", ns)
+    assert inv.ok, inv.stdout + inv.stderr
+    fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
+    try:
+        with rtnl.Rtnl(fd) as nl:
+            lo, eth0 = nl.get_link("lo"), nl.get_link("eth0")
+    finally:
+        os.close(fd)
+    assert eth0 is not None and eth0.flags & rtnl.IFF_UP
+    assert not lo.flags & rtnl.IFF_UP
+    assert runtime.delete("rawlo", ns).ok

@@ -36,7 +36,7 @@ from node.k8s import RBAC_RULES
 from sim import processes
 from sim.agent import NodeAgent
 from sim.packets import udp_exchange
-from sim.topology import Cluster, _no_dad, run_in
+from sim.topology import Cluster, _no_dad, loopback_up, run_in
 from tests.harness.fakeapi import FakeApiServer, make_node
 from tests.harness.waiting import wait_for
 
@@ -399,6 +399,7 @@ def test_add_through_the_installed_client_and_pods_reach_each_other(env):
             netns.create(pod_ns)
             cluster.namespaces.append(pod_ns)
             _no_dad(pod_ns)
+            loopback_up(pod_ns)  # the runtime's part of the sandbox, as containerd's loopback plugin
             with open(env.conflist(node), "rb") as fh:
                 conf = json.load(fh)
             net = {"cniVersion": conf["cniVersion"], "name": conf["name"], **conf["plugins"][0]}
