@@ -366,7 +366,7 @@ def run(
                     f"p50 {res['add']['p50_ms']} p99 {res['add']['p99_ms']} ms; "
                     f"DELs wall {res['del']['wall_ms']:.0f} ms{cpu} (ADDs / DELs)"
                 )
-        conc["best"] = {p: min(v, key=lambda x: x["add"]["wall_ms"]) for p, v in conc["rounds"].items()}
+        conc["best"] = {p: min(v, key=lambda x: x["add"]["wall_ms"]) for p, v in conc["rounds"].items() if v}
         conc["agent_side"] = _agent_side(agent.served()[served_before:])  # run time, turn-wait excluded
         out["concurrent"] = conc
 

@@ -47,9 +47,13 @@ def _dispatch(environ: dict[str, str], stdin: bytes) -> dict | None:
     conf = netconf.parse(data, env.command)
     version.require_supported(conf.cni_version, env.command)
     if env.command in ("ADD", "CHECK"):
-        cni_env.check_netns(env.netns)
-    with locks.deadline(conf.lock_timeout):
-        return _run_verb(env, conf)
+        env.netns_fd = cni_env.open_checked_netns(env.netns)
+    try:
+        with locks.deadline(conf.lock_timeout):
+            return _run_verb(env, conf)
+    finally:
+        if env.netns_fd is not None:
+            os.close(env.netns_fd)
 
 
 def _run_verb(env, conf) -> dict | None:

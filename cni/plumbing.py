@@ -13,12 +13,12 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
-import ipaddress
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from datapath import rtnl, sysctl
+from datapath.abi import parse_ip
 from datapath.rtnl import NetlinkError, Rtnl
 
 if TYPE_CHECKING:
@@ -151,12 +151,12 @@ def configure_pod(pod_nl: Rtnl, link: PodLink, ips: list[str]) -> None:
     neighbours, default routes. lo is the runtime's (containerd's loopback plugin, CRI-O and
     podman bring it up themselves), as for the reference plugins: ~0.1 ms of every ADD less."""
     idx = link.pod_ifindex
-    v4 = [a for a in ips if ipaddress.ip_address(a).version == 4]
-    v6 = [a for a in ips if ipaddress.ip_address(a).version == 6]
+    v4 = [a for a in ips if parse_ip(a).version == 4]
+    v6 = [a for a in ips if parse_ip(a).version == 6]
     for a in v4:
-        pod_nl.add_addr(idx, str(ipaddress.ip_address(a)), 32)
+        pod_nl.add_addr(idx, str(parse_ip(a)), 32)
     for a in v6:
-        pod_nl.add_addr(idx, str(ipaddress.ip_address(a)), 128, flags=IFA_F_NODAD)
+        pod_nl.add_addr(idx, str(parse_ip(a)), 128, flags=IFA_F_NODAD)
     pod_nl.set_up(idx)
     if v4:
         pod_nl.replace_neigh(idx, GATEWAY_V4, link.host_mac)
@@ -174,7 +174,7 @@ def configure_host(nl: Rtnl, link: PodLink, ips: list[str], flush: bool = True) 
     permanent neighbours to the pod's addresses (one batch; the host end came up at creation).
     flush=False leaves the batch queued on `nl` for the caller's next flush (ADD sends it with the
     TC attachment: one round trip)."""
-    addrs = [ipaddress.ip_address(a) for a in ips]
+    addrs = [parse_ip(a) for a in ips]
     sysctl.disable_ipv6_ra(link.host_ifname)  # always: a pod must never configure the node by RA
     sysctl.enable_forwarding(
         link.host_ifname, ipv4=any(ip.version == 4 for ip in addrs), ipv6=any(ip.version == 6 for ip in addrs)

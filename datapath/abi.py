@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import enum
+import functools
 import ipaddress
 
 ABI_VERSION = 2  # XDPCNI_ABI_VERSION
@@ -61,12 +62,20 @@ class Reason(enum.IntEnum):
 Mac = ct.c_uint8 * 6
 
 
+@functools.lru_cache(maxsize=4096)
+def parse_ip(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """ipaddress.ip_address(ip), cached: a verb parses its pod's few addresses many times over
+    (~10 us each, in the IPAM, the plumbing, the maps and the result); the objects are immutable.
+    ValueError as ipaddress for anything that is not an address."""
+    return ipaddress.ip_address(ip)
+
+
 class EndpointKey(ct.Structure):
     _fields_ = [("addr", ct.c_uint8 * 16), ("family", ct.c_uint8), ("pad", ct.c_uint8 * 3)]
 
     @classmethod
     def for_ip(cls, ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> EndpointKey:
-        addr = ipaddress.ip_address(ip)
+        addr = parse_ip(ip)
         key = cls()
         raw = addr.packed
         ct.memmove(key.addr, raw, len(raw))

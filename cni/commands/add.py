@@ -6,7 +6,6 @@ why the record is written first: DEL or GC finds everything from it.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from contextlib import ExitStack
 
@@ -113,7 +112,7 @@ def stack_flags(conf: NetConf) -> int:
 
 
 def _check_families(ips: list[str]) -> None:
-    versions = [ipaddress.ip_address(ip).version for ip in ips]
+    versions = [abi.parse_ip(ip).version for ip in ips]
     if len(versions) != len(set(versions)):
         raise CniError(INVALID_NETCONF, f"IPAM gave {ips}: at most one IPv4 and one IPv6 address per pod")
 
@@ -165,10 +164,12 @@ def _add(env: CniEnv, conf: NetConf) -> dict:
             records.put(rec)
         testhook.step("ipam")
 
-        try:
-            nsfd = plumbing.open_netns(env.netns)
-        except plumbing.PlumbingError as exc:
-            raise CniError(PLUMBING, str(exc)) from exc
+        nsfd, own_fd = env.netns_fd, env.netns_fd is None  # the namespace the verb checked, if any
+        if own_fd:
+            try:
+                nsfd = plumbing.open_netns(env.netns)
+            except plumbing.PlumbingError as exc:
+                raise CniError(PLUMBING, str(exc)) from exc
         try:
             with Rtnl() as nl, Rtnl(nsfd) as pod_nl:
                 created: list[int] = []
@@ -211,7 +212,8 @@ def _add(env: CniEnv, conf: NetConf) -> dict:
                     raise CniError(DATAPATH, str(exc)) from exc
                 testhook.step("maps")
         finally:
-            os.close(nsfd)
+            if own_fd:
+                os.close(nsfd)
 
         rec.complete = True
         records.put(rec, in_place=True)
@@ -231,7 +233,7 @@ def _result(conf: NetConf, env: CniEnv, link: plumbing.PodLink, ips: list[str]) 
         dns=dict(conf.dns),
     )
     for ip in ips:
-        v4 = ipaddress.ip_address(ip).version == 4
+        v4 = abi.parse_ip(ip).version == 4
         gw = plumbing.GATEWAY_V4 if v4 else plumbing.GATEWAY_V6
         res.ips.append(IPConfig(f"{ip}/{32 if v4 else 128}", gateway=gw, interface=1))
         res.routes.append(Route("0.0.0.0/0" if v4 else "::/0", gw))

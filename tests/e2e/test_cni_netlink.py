@@ -184,3 +184,49 @@ def test_add_leaves_the_pods_loopback_to_the_runtime(node, runtime):
     assert eth0 is not None and eth0.flags & rtnl.IFF_UP
     assert not lo.flags & rtnl.IFF_UP
     assert runtime.delete("rawlo", ns).ok
+
+
+def test_add_plumbs_the_namespace_it_checked(node, runtime, monkeypatch):
+    """CNI_NETNS is checked (a network namespace, not the node's) and that very namespace is
+    plumbed: a path that names another namespace by the time the veth is made does not redirect
+    the pod's interface there (one open: the checked fd is the one used)."""
+    import subprocess
+
+    from cni import testhook
+
+    assert runtime.add("warm2", runtime.new_pod_netns("w2")).ok  # loads the datapath
+    checked, other = runtime.new_pod_netns("chk"), runtime.new_pod_netns("oth")
+    path, other_path = f"/var/run/netns/{checked}", f"/var/run/netns/{other}"
+    real_step = testhook.step
+    stacked: list[bool] = []
+
+    def swap(name: str) -> None:  # after the check, before the veth: the path now names `other`
+        if name == "ipam":
+            subprocess.run(["mount", "--bind", other_path, path], check=True)
+            stacked.append(True)
+        real_step(name)
+
+    def has_eth0(ns_path: str) -> bool:
+        fd = os.open(ns_path, os.O_RDONLY)
+        try:
+            with rtnl.Rtnl(fd) as nl:
+                return nl.get_link("eth0") is not None
+        finally:
+            os.close(fd)
+
+    monkeypatch.setattr(testhook, "step", swap)
+    env = {"CNI_CONTAINERID": "toctou", "CNI_NETNS": path, "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
+    stdin = json.dumps(runtime.xdpcni_conf()).encode()
+    try:
+        with entered(node.ns):
+            rc, out = execute({**env, "CNI_COMMAND": "ADD"}, stdin)
+        assert rc == 0, out
+        assert stacked and not has_eth0(path) and not has_eth0(other_path)  # `other` untouched
+    finally:
+        monkeypatch.setattr(testhook, "step", real_step)
+        if stacked:
+            subprocess.run(["umount", path], check=True)  # the path names `checked` again
+    assert has_eth0(path)
+    with entered(node.ns):
+        assert execute({**env, "CNI_COMMAND": "DEL"}, stdin)[0] == 0
+    assert runtime.delete("warm2", None).ok
