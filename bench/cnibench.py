@@ -450,7 +450,7 @@ def table(c: dict) -> str:
             f"{d['p99_ms']:.1f} ms | {a['p50_ms'] / ref:.2f}× |"
         )
     conc = c.get("concurrent")
-    if conc:
+    if conc and conc["n"] and len(conc.get("best", {})) == 2:  # not with --concurrent 0 / --rounds 0
         rows += [
             "",
             f"| {conc['n']} ADDs launched at once (best of {len(conc['rounds']['bridge'])} rounds) "
