@@ -186,6 +186,31 @@ def configure_host(nl: Rtnl, link: PodLink, ips: list[str], flush: bool = True) 
         nl.flush()
 
 
+def prime_templates() -> None:
+    """Make the templates of the per-pod requests of ADD and DEL (datapath/rtnl.py
+    use_templates) before the first pod asks for them: the node agent's first ADD otherwise
+    pays their encodes (measured: 16 ms against 3.6 ms for the next ones). Runs this module's
+    own plumbing over Rtnl.dry() sockets, which reach no kernel, with values of a pod's encoded
+    lengths (our host veth name, eth0, MACs, an IPv4 and an IPv6 address, ifindexes, an fd);
+    a request whose values differ in length (another ifname, an ifalias) makes its own at first
+    use. The sysctls configure_host writes name a device that does not exist: nothing is
+    written."""
+    from datapath import pod as pod_dp
+
+    nl, pod_nl = Rtnl.dry(), Rtnl.dry()
+    host = "xc" + "0" * 11  # host_ifname_for's form
+    nl.create_veth(host, rtnl.random_mac(), "eth0", rtnl.random_mac(), 3, 1500)
+    link = PodLink(host, 4, rtnl.random_mac(), "eth0", 2, rtnl.random_mac())
+    ips = ["192.0.2.1", "2001:db8::1"]
+    configure_pod(pod_nl, link, ips)
+    configure_host(nl, link, ips, flush=False)
+    pod_dp.queue_host_side(nl, 3, link.host_ifindex)
+    nl.flush()
+    nl.get_link(host)  # DEL's lookups and deletion
+    nl.get_link(index=link.host_ifindex)
+    nl.delete_link(link.host_ifindex)
+
+
 def create_veth(
     ipr,
     netns_path: str,

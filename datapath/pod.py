@@ -83,8 +83,13 @@ def attach_host_side_nl(nl: Rtnl, root: str, host_ifindex: int) -> None:
     """attach_host_side() over datapath/rtnl.py: clsact and our filter in one batch."""
     fd = open_program(root, "tc_pod")
     try:
-        nl.add_clsact(host_ifindex)
-        nl.replace_bpf_filter(host_ifindex, fd, TC_POD_FILTER, handle=TC_HANDLE, prio=TC_PRIO)
+        queue_host_side(nl, fd, host_ifindex)
         nl.flush()
     finally:
         os.close(fd)
+
+
+def queue_host_side(nl: Rtnl, prog_fd: int, host_ifindex: int) -> None:
+    """Queue clsact and our filter (program `prog_fd`) on the host veth for `nl`'s next flush."""
+    nl.add_clsact(host_ifindex)
+    nl.replace_bpf_filter(host_ifindex, prog_fd, TC_POD_FILTER, handle=TC_HANDLE, prio=TC_PRIO)

@@ -402,6 +402,35 @@ def _veth_msg(
     )
 
 
+class DrySocket:
+    """A stand-in for an rtnetlink socket that reaches no kernel: each request that asks for an
+    ack (NLM_F_ACK) is answered with a success ack, as netlink_rcv_skb answers one, and nothing
+    else. For making templates ahead of use (Rtnl.dry, cni/plumbing.py prime_templates)."""
+
+    def __init__(self) -> None:
+        self._replies = bytearray()
+
+    def sendall(self, data) -> None:
+        off = 0
+        while off + 16 <= len(data):
+            n, _, flags, seq, _ = _NLHDR.unpack_from(data, off)
+            if n < 16:
+                break
+            if flags & NLM_F_ACK:
+                ack = _ERRNO.pack(0) + bytes(data[off : off + 16])
+                self._replies += _NLHDR.pack(16 + len(ack), NLMSG_ERROR, 0, seq, 0) + ack
+            off += (n + 3) & ~3
+
+    def recv_into(self, buf) -> int:
+        n = len(self._replies)
+        buf[:n] = self._replies
+        del self._replies[:]
+        return n
+
+    def close(self) -> None:
+        pass
+
+
 class Rtnl:
     """One rtnetlink socket in the caller's namespace, or in `netns_fd`'s."""
 
@@ -418,6 +447,14 @@ class Rtnl:
         self.sock.bind((0, 0))
         self.seq = 0
         self._queued: list[tuple] = []  # kind, flags, msg, what, ok, key, fields
+
+    @classmethod
+    def dry(cls) -> Rtnl:
+        """An Rtnl over a DrySocket: requests are encoded (templates made, with use_templates)
+        and acked, and none reaches the kernel."""
+        nl = cls.__new__(cls)
+        nl.sock, nl.seq, nl._queued = DrySocket(), 0, []
+        return nl
 
     def close(self) -> None:
         self.sock.close()

@@ -595,3 +595,38 @@ def test_reads_reuse_one_buffer_per_thread_and_return_copies():
         assert (first, second, same) == (b"A" * 100, b"B" * 50, True)
         assert isinstance(first, bytes)
     assert here[0][3] == here[1][3] != other[0][3]  # one buffer per thread, kept between sockets
+
+
+def test_primed_templates_leave_the_first_pod_none_to_make(monkeypatch):
+    """cni/plumbing.py prime_templates (the node agent runs it at start, over dry sockets that
+    reach no kernel) makes the template of every request ADD and DEL send for a pod with its
+    veth name, eth0 and an IPv4 and an IPv6 address: the first pod's requests make none (only an
+    ifalias, whose length is the pod's, is left to first use)."""
+    from cni import plumbing
+    from datapath import pod as pod_dp
+
+    rtnl._ENCODED.clear()
+    rtnl.use_templates(True)
+    try:
+        plumbing.prime_templates()
+        primed = {k[2][0] for k, got in rtnl._ENCODED.items() if isinstance(got, rtnl._Template)}
+        made: list = []
+        real = rtnl._template
+        monkeypatch.setattr(rtnl, "_template", lambda *a: made.append(a[:2]) or real(*a))
+        nl, pod_nl = _rtnl(), _rtnl()
+        host = plumbing.host_ifname_for("a-pod", "eth0", "a-network")
+        nl.create_veth(host, HOST_MAC, "eth0", PEER_MAC, 9, 1450)
+        link = plumbing.PodLink(host, 77, HOST_MAC, "eth0", 2, PEER_MAC)
+        ips = ["10.244.3.9", "fd00:10:244::9"]
+        plumbing.configure_pod(pod_nl, link, ips)
+        plumbing.configure_host(nl, link, ips, flush=False)
+        pod_dp.queue_host_side(nl, 11, link.host_ifindex)
+        nl.flush()
+        nl.get_link(host)
+        nl.get_link(index=link.host_ifindex)
+        nl.delete_link(link.host_ifindex)
+    finally:
+        rtnl.use_templates(False)
+    assert made == []
+    assert primed >= {"veth", "addr", "route-to", "neigh", "clsact", "bpf-filter", "del", "link-by-name"}
+    assert len(nl.sock.sent) == 5 and len(pod_nl.sock.sent) == 1  # veth, batch, 2 lookups, delete; pod batch
