@@ -166,17 +166,13 @@ def _ns_id(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def check_netns(path: str) -> None:
+def check_netns(path: str) -> int:
     """ADD/CHECK: CNI_NETNS must name an existing network namespace that is not the one this
     process (plugin or node agent) runs in, nor the host's (PID 1's): plumbing a pod there
-    would replace the node's own routes. Opened read-only; never created. CniError (code 4)."""
-    os.close(open_checked_netns(path))
-
-
-def open_checked_netns(path: str) -> int:
-    """check_netns(), returning a read-only fd of the namespace it checked (the caller closes
-    it): ADD plumbs the very namespace that was checked, whatever the path names a moment later,
-    and opens it once (an nsfs open through /var/run/netns is ~40 us here)."""
+    would replace the node's own routes. Opened read-only; never created. CniError (code 4).
+    Returns the fd of the namespace it checked (the caller closes it): ADD plumbs that very
+    namespace, whatever the path names a moment later, and opens it once (an nsfs open through
+    /var/run/netns is ~40 us here)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:

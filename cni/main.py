@@ -47,7 +47,7 @@ def _dispatch(environ: dict[str, str], stdin: bytes) -> dict | None:
     conf = netconf.parse(data, env.command)
     version.require_supported(conf.cni_version, env.command)
     if env.command in ("ADD", "CHECK"):
-        env.netns_fd = cni_env.open_checked_netns(env.netns)
+        env.netns_fd = cni_env.check_netns(env.netns)
     try:
         with locks.deadline(conf.lock_timeout):
             return _run_verb(env, conf)
