@@ -405,7 +405,8 @@ def _veth_msg(
 class DrySocket:
     """A stand-in for an rtnetlink socket that reaches no kernel: each request that asks for an
     ack (NLM_F_ACK) is answered with a success ack, as netlink_rcv_skb answers one, and nothing
-    else. For making templates ahead of use (Rtnl.dry, cni/plumbing.py prime_templates)."""
+    else. For making templates ahead of use (Rtnl(sock=DrySocket()): cni/plumbing.py
+    prime_templates)."""
 
     def __init__(self) -> None:
         self._replies = bytearray()
@@ -434,27 +435,24 @@ class DrySocket:
 class Rtnl:
     """One rtnetlink socket in the caller's namespace, or in `netns_fd`'s."""
 
-    def __init__(self, netns_fd: int | None = None, protocol: int = NETLINK_ROUTE):
+    def __init__(self, netns_fd: int | None = None, protocol: int = NETLINK_ROUTE, sock=None):
         """`protocol`: another netlink family over the same transport (datapath/netfilter.py's
-        nftables table dump uses NETLINK_NETFILTER), in the caller's namespace only."""
-        if netns_fd is None:
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
-        elif protocol != NETLINK_ROUTE:
-            raise ValueError("sockets in another namespace are rtnetlink only")
+        nftables table dump uses NETLINK_NETFILTER), in the caller's namespace only. `sock`: a
+        stand-in to use as it is instead (DrySocket: requests are encoded and acked, and none
+        reaches the kernel)."""
+        if sock is not None:
+            self.sock = sock
         else:
-            self.sock = socket_in_netns(netns_fd)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self.sock.bind((0, 0))
+            if netns_fd is None:
+                self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+            elif protocol != NETLINK_ROUTE:
+                raise ValueError("sockets in another namespace are rtnetlink only")
+            else:
+                self.sock = socket_in_netns(netns_fd)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self.sock.bind((0, 0))
         self.seq = 0
         self._queued: list[tuple] = []  # kind, flags, msg, what, ok, key, fields
-
-    @classmethod
-    def dry(cls) -> Rtnl:
-        """An Rtnl over a DrySocket: requests are encoded (templates made, with use_templates)
-        and acked, and none reaches the kernel."""
-        nl = cls.__new__(cls)
-        nl.sock, nl.seq, nl._queued = DrySocket(), 0, []
-        return nl
 
     def close(self) -> None:
         self.sock.close()

@@ -72,10 +72,7 @@ class FakeSock:
 
 
 def _rtnl(sock: FakeSock | None = None) -> rtnl.Rtnl:
-    nl = rtnl.Rtnl()
-    nl.sock.close()
-    nl.sock = sock or FakeSock()
-    return nl
+    return rtnl.Rtnl(sock=sock or FakeSock())
 
 
 HOST_MAC, PEER_MAC = "02:11:22:33:44:55", "0a:66:77:88:99:aa"
