@@ -1,0 +1,44 @@
+"""The CNI benchmark's percentile (bench/cnibench.py pct): nearest rank, as the README's CNI
+table reports p50/p99 of ADD and DEL calls."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.cnibench import pct
+
+
+def test_p99_of_100_is_the_99th_value_not_the_maximum():
+    values = [float(v) for v in range(1, 101)]
+    assert pct(values, 99) == 99.0
+    assert pct(values, 50) == 50.0
+    assert pct(values, 100) == 100.0
+    assert pct([3.0, 1.0, 2.0], 0) == 1.0
+
+
+def test_small_samples():
+    assert pct([], 50) is None
+    assert pct([7.0], 99) == 7.0
+    assert pct([float(v) for v in range(1, 85)], 50) == 42.0  # 84 calls: the 42nd
+    assert pct([float(v) for v in range(1, 85)], 99) == 84.0  # ceil(83.16) = 84th
+
+
+@st.composite
+def samples(draw):
+    """Sample sizes where p * n / 100 is often a whole number (where rounding goes wrong), values
+    mostly distinct (ties hide a wrong rank)."""
+    n = draw(st.one_of(st.sampled_from([2, 4, 10, 20, 50, 84, 100, 200]), st.integers(1, 300)))
+    return draw(st.lists(st.integers(0, 10_000), min_size=n, max_size=n))
+
+
+@settings(max_examples=300, deadline=None)
+@given(samples(), st.one_of(st.sampled_from([10, 25, 50, 90, 99]), st.integers(1, 100)))
+def test_nearest_rank_definition(ints, p):
+    values = [float(v) for v in ints]
+    got = pct(values, p)
+    rank = math.ceil(p * len(values) / 100)  # exact: integers
+    assert sum(v <= got for v in values) >= rank  # at least p % of the sample at or below it
+    assert sum(v < got for v in values) < rank  # and the smallest such value
