@@ -174,6 +174,7 @@ MAP_LAYOUT = {
     "monitor_cfg": (ct.c_uint32, MonitorConfig),
     "monitor_seq": (ct.c_uint32, ct.c_uint64),
     "monitor_events": (NoData, NoData),
+    "ep_slots": (ct.c_uint32, ct.c_uint64),
 }
 
 # map name -> (BPF map type, max_entries) as bpf/lib/maps.h declares them. With MAP_LAYOUT this
@@ -188,7 +189,14 @@ MAP_SPECS = {
     "monitor_cfg": (2, 1),
     "monitor_seq": (6, HOOK_MAX),
     "monitor_events": (27, MONITOR_RING_BYTES),  # BPF_MAP_TYPE_RINGBUF
+    # Userspace only (no program reads it; the loader makes it, not the C): endpoint id -> the
+    # host veth's ifindex owning it, 0 when free. The reverse of `ifaces`, so that ADD finds a
+    # free id without reading every endpoint (datapath/endpoints.py EndpointSlots).
+    "ep_slots": (2, MAX_ENDPOINTS),
 }
+
+# map name -> map_flags it must be created with (others: whatever their build gives them).
+MAP_FLAGS = {"ep_slots": 1 << 10}  # BPF_F_MMAPABLE: ADD reads and writes it in place
 
 
 # C struct name (bpf/lib/structs.h) -> its mirror, for the field-by-field layout test.

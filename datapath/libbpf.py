@@ -20,6 +20,8 @@ BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_DEVMAP = 14
 BPF_MAP_TYPE_DEVMAP_HASH = 25
 
+BPF_F_MMAPABLE = 1 << 10  # map_flags: an array map userspace can mmap (kernel >= 5.5)
+
 BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
@@ -169,9 +171,30 @@ def obj_pin(fd: int, path: str) -> None:
     _check(_lib().bpf_obj_pin(fd, path.encode()), f"bpf_obj_pin({path})")
 
 
-def map_create(map_type: int, name: str, key_size: int, value_size: int, max_entries: int) -> int:
+class BpfMapCreateOpts(ct.Structure):
+    """Leading fields of libbpf's struct bpf_map_create_opts (bpf.h, libbpf >= 0.7); `sz` tells
+    libbpf how much of it we pass."""
+
+    _fields_ = [
+        ("sz", ct.c_size_t),
+        ("btf_fd", ct.c_uint32),
+        ("btf_key_type_id", ct.c_uint32),
+        ("btf_value_type_id", ct.c_uint32),
+        ("btf_vmlinux_value_type_id", ct.c_uint32),
+        ("inner_map_fd", ct.c_uint32),
+        ("map_flags", ct.c_uint32),
+    ]
+
+
+def map_create(
+    map_type: int, name: str, key_size: int, value_size: int, max_entries: int, map_flags: int = 0
+) -> int:
+    """A new map's fd (bpf_map_create); `map_flags` e.g. BPF_F_MMAPABLE."""
+    opts = BpfMapCreateOpts(sz=ct.sizeof(BpfMapCreateOpts), map_flags=map_flags) if map_flags else None
     return _check(
-        _lib().bpf_map_create(map_type, name.encode()[:15], key_size, value_size, max_entries, None),
+        _lib().bpf_map_create(
+            map_type, name.encode()[:15], key_size, value_size, max_entries, ct.byref(opts) if opts else None
+        ),
         f"bpf_map_create({name})",
     )
 

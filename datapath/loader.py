@@ -22,9 +22,10 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from . import abi, attach, build, libbpf, netfilter, nodeaddrs, objload, probes, sysctl
+from . import abi, attach, build, libbpf, locks, netfilter, nodeaddrs, objload, probes, sysctl
 from .bccsrc import flatten
 from .config import ConfigError, NodeConfig, NodeState  # noqa: F401 (NodeState re-exported)
+from .endpoints import EndpointSlots, iface_ep_ids
 from .maps import PinnedMap
 from .pins import PROGRAMS, LoadError, PinLayout, UnsafePath, check_owned, open_program  # noqa: F401 (re-exported)
 
@@ -75,6 +76,32 @@ def _ensure_monitor_maps(layout: PinLayout) -> None:
         map_type, entries = abi.MAP_SPECS[name]
         fd = libbpf.map_create(map_type, name, ct.sizeof(key_t), ct.sizeof(value_t), entries)
         try:
+            libbpf.obj_pin(fd, path)
+        finally:
+            os.close(fd)
+
+
+def _ensure_ep_slots(layout: PinLayout) -> None:
+    """The endpoint-id slots (abi.MAP_SPECS "ep_slots", datapath/endpoints.py EndpointSlots): no
+    program uses them, so no build declares them; made here, mmapable, for every toolchain. Filled
+    from `ifaces` before they are pinned, under the endpoint map lock: a CNI verb that sees the
+    pin (PinLayout.is_loaded) never sees them empty while `ifaces` is not."""
+    path = layout.map("ep_slots")
+    if os.path.exists(path):
+        return
+    key_t, value_t = abi.MAP_LAYOUT["ep_slots"]
+    map_type, entries = abi.MAP_SPECS["ep_slots"]
+    with locks.flocked(layout.maps_dir, "endpoint map lock", is_dir=True):
+        fd = libbpf.map_create(
+            map_type, "ep_slots", ct.sizeof(key_t), ct.sizeof(value_t), entries, abi.MAP_FLAGS["ep_slots"]
+        )
+        try:
+            slots = EndpointSlots(fd)
+            try:
+                with PinnedMap(layout, "ifaces") as ifaces:
+                    slots.fill(iface_ep_ids(ifaces))
+            finally:
+                slots.close()
             libbpf.obj_pin(fd, path)
         finally:
             os.close(fd)
@@ -208,6 +235,9 @@ def _set_aside_other_layouts(layout: PinLayout, log) -> list[str]:
             os.close(fd)
         want = (abi.MAP_SPECS[name][0], ct.sizeof(key_t), ct.sizeof(value_t), abi.MAP_SPECS[name][1])
         have = (info.type, info.key_size, info.value_size, info.max_entries)
+        if name in abi.MAP_FLAGS:  # e.g. ep_slots must be mmapable
+            want += (abi.MAP_FLAGS[name],)
+            have += (info.map_flags & abi.MAP_FLAGS[name],)
         if have == want and version in (None, abi.ABI_VERSION):
             continue
         if os.path.exists(path + ASIDE):
@@ -279,6 +309,7 @@ def _load(cfg: NodeConfig, layout: PinLayout, log, made: dict) -> NodeState:
 
         made["set_aside"] = _set_aside_other_layouts(layout, log)
         keep, fds, toolchain = load_programs(layout, log)
+        _ensure_ep_slots(layout)
         for m in os.listdir(layout.maps_dir):
             os.chmod(layout.map(m), 0o600)
 

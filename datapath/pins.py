@@ -22,6 +22,7 @@ MAPS = (
     "monitor_cfg",
     "monitor_seq",
     "monitor_events",
+    "ep_slots",
 )
 _PROGRAM_SET, _MAP_SET = frozenset(PROGRAMS), frozenset(MAPS)
 

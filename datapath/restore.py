@@ -72,6 +72,7 @@ def restore(root: str, log=print) -> RestoreReport:
     host veth in this network namespace (run it in the node's namespace). Idempotent."""
     report = RestoreReport()
     with IPRoute() as ipr, EndpointTable(root) as table:
+        table.sync_slots()  # ids an older xdpcni's writes left out of ep_slots (rolling upgrade)
         pods, report.problems, present = _live_pods(ipr)
         current = {ep.ifindex: ep for ep in table.list()}
         for ifindex, ep in current.items():
