@@ -166,6 +166,17 @@ def _ns_id(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+_HOST_NS: list[tuple[int, int] | None] = []  # PID 1's namespace, read once per process
+
+
+def _host_ns_id() -> tuple[int, int] | None:
+    """PID 1's network namespace (the host's). It is stat'ed once per process: PID 1 of a PID
+    namespace never moves to another network namespace, and a node agent checks every ADD."""
+    if not _HOST_NS:
+        _HOST_NS.append(_ns_id("/proc/1/ns/net"))
+    return _HOST_NS[0]
+
+
 def check_netns(path: str) -> int:
     """ADD/CHECK: CNI_NETNS must name an existing network namespace that is not the one this
     process (plugin or node agent) runs in, nor the host's (PID 1's): plumbing a pod there
@@ -195,10 +206,10 @@ def check_netns(path: str) -> int:
         st = os.fstat(fd)
         target = (st.st_dev, st.st_ino)
         for own, what in (
-            ("/proc/thread-self/ns/net", "this plugin's own"),
-            ("/proc/1/ns/net", "the host's"),
+            (_ns_id("/proc/thread-self/ns/net"), "this plugin's own"),
+            (_host_ns_id(), "the host's"),
         ):
-            if _ns_id(own) == target:
+            if own == target:
                 raise CniError(
                     INVALID_ENV,
                     f"CNI_NETNS {path} is {what} network namespace, not a container's",

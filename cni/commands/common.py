@@ -77,13 +77,14 @@ def attachment_locked(conf: NetConf, container_id: str, ifname: str):
     deleting = deletion_lock_path(conf, container_id, ifname)
     what = f"attachment lock of {container_id}/{ifname} (a lock file shared with other attachments)"
     while True:
-        if os.path.exists(deleting):
-            with flocked(deleting, f"deletion lock of {container_id}/{ifname}'s veth", remove=True):
-                pass  # its veth is gone: the deletion released it (or its holder died)
         with flocked(shared, what):
-            if not os.path.exists(deleting):  # else a DEL began one meanwhile: wait for it too
+            if not os.path.exists(deleting):
                 yield
                 return
+        # A veth deletion is still running (or its holder died): wait for it without holding
+        # the shared file, then take that again.
+        with flocked(deleting, f"deletion lock of {container_id}/{ifname}'s veth", remove=True):
+            pass  # its veth is gone: the deletion released it (or its holder died)
 
 
 def hold_deletion_lock(conf: NetConf, container_id: str, ifname: str, held: ExitStack) -> None:

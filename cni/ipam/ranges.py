@@ -122,7 +122,27 @@ def parse_range(item) -> Range:
     return Range(subnet, start, end, gateway)
 
 
+_PARSED: dict[str, tuple[RangeSet, ...]] = {}  # repr of a valid "ranges" value -> its range sets
+_PARSED_MAX = 64
+
+
 def parse_range_sets(value) -> list[RangeSet]:
+    """The range sets of an IPAM config's "ranges" (a list of lists of range objects); CniError
+    (code 7) for anything invalid. Range sets are immutable, so a long-running process (the node
+    agent: every ADD parses its network's ranges) keeps those of a few distinct values (by the
+    repr of the decoded JSON: equal reprs, equal values) and parses only what it has not seen."""
+    key = repr(value)
+    hit = _PARSED.get(key)
+    if hit is not None:
+        return list(hit)
+    sets = _parse_range_sets(value)
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    _PARSED[key] = tuple(sets)
+    return sets
+
+
+def _parse_range_sets(value) -> list[RangeSet]:
     if not isinstance(value, list) or not value:
         raise CniError(INVALID_NETCONF, 'ipam: "ranges" must be a non-empty list of range sets')
     sets: list[RangeSet] = []

@@ -63,6 +63,27 @@ def test_ranges_and_round_robin():
     assert code_of(parse_range_sets, []) == 7
 
 
+def test_range_sets_of_a_value_seen_before_are_not_parsed_again(monkeypatch):
+    """The node agent parses every ADD's "ranges": a value it has parsed is answered from what it
+    kept (range sets are immutable), an invalid one fails every time, a changed one is parsed."""
+    from cni.ipam import ranges
+
+    value = [[{"subnet": "10.9.0.0/24", "rangeStart": "10.9.0.10"}], [{"subnet": "fd00:9::/64"}]]
+    first = parse_range_sets(value)
+    first.pop()  # the caller's list is its own
+    monkeypatch.setattr(ranges, "parse_range", lambda item: pytest.fail("parsed again"))
+    again = parse_range_sets(
+        [[{"subnet": "10.9.0.0/24", "rangeStart": "10.9.0.10"}], [{"subnet": "fd00:9::/64"}]]
+    )
+    assert [str(rs.ranges[0].start) for rs in again] == ["10.9.0.10", "fd00:9::1"]
+    monkeypatch.undo()
+    bad = [[{"subnet": "10.9.0.0/24"}], [{"subnet": "10.9.0.128/25"}]]
+    assert code_of(parse_range_sets, bad) == 7
+    assert code_of(parse_range_sets, bad) == 7  # never kept
+    other = parse_range_sets([[{"subnet": "10.9.0.0/24", "rangeStart": "10.9.0.20"}]])
+    assert str(other[0].ranges[0].start) == "10.9.0.20"
+
+
 def test_netconf_validation():
     good = {
         "cniVersion": "1.1.0",
