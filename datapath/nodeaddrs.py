@@ -10,8 +10,9 @@ Loopback, link-local and multicast addresses are martians for the programs anywa
 
 Both halves are cheap enough for a once-a-second check in the agent, which shares its interpreter
 lock with the CNI verbs it serves: one RTM_GETADDR dump over datapath/rtnl.py (pyroute2's
-ifaddrmsg; pyroute2's IPRoute runs an asyncio loop per request, ~10 ms of the agent's CPU a
-second) and one batch read of the endpoints map (no ctypes object per pod entry).
+IPRoute runs an asyncio loop per request, ~10 ms of the agent's CPU a second), its global-scope
+messages' attributes read in place, and one batch read of the endpoints map (no ctypes object
+per pod entry). A verb that arrives while it runs waits for the interpreter lock.
 """
 
 from __future__ import annotations
@@ -29,26 +30,52 @@ from .pins import PinLayout
 RTM_GETADDR = 22
 RT_SCOPE_UNIVERSE = 0
 _IFADDR_SCOPE = 16 + 3  # ifaddrmsg's scope byte, after the netlink header (family, prefixlen, flags)
+_IFADDR_ATTRS = 16 + 8  # the first rtattr: after the netlink header and struct ifaddrmsg
+_RTATTR = struct.Struct("=HH")  # rta_len, rta_type
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+_ADDR_LEN = {2: 4, 10: 16}  # AF_INET, AF_INET6: bytes of an address
+
+
+def _local_address(raw: bytes) -> bytes | None:
+    """An RTM_NEWADDR message's own address (IFA_LOCAL, else IFA_ADDRESS), packed; its rtattrs
+    read in place (rtnetlink(7)): pyroute2's decode of a whole message cost ~15 us, and a node
+    whose host veths carry addresses (ptp-style gateways) has hundreds to read every second."""
+    size = _ADDR_LEN.get(raw[16])
+    if size is None:
+        return None
+    found = None
+    pos, end = _IFADDR_ATTRS, min(len(raw), _NLHDR_LEN.unpack_from(raw)[0])
+    while pos + 4 <= end:
+        rta_len, rta_type = _RTATTR.unpack_from(raw, pos)
+        if rta_len < 4 or pos + rta_len > end:  # malformed or cut off
+            break
+        if rta_type in (IFA_ADDRESS, IFA_LOCAL) and rta_len == 4 + size:
+            found = raw[pos + 4 : pos + 4 + size]
+            if rta_type == IFA_LOCAL:
+                return found
+        pos += (rta_len + 3) & ~3
+    return found
+
+
 _FLAGS = struct.Struct(f"={abi.EndpointInfo.flags.offset}xI")  # EndpointInfo.flags, u32
+_NLHDR_LEN = struct.Struct("=I")  # nlmsg_len
 
 
 def node_addresses() -> set[str]:
     """Unicast, non-loopback, non-link-local addresses of every interface in the caller's
     network namespace: each address's own end (IFA_LOCAL; IFA_ADDRESS is the peer of a
-    point-to-point address). Only global-scope addresses are decoded (pyroute2's ifaddrmsg):
-    the link-local address of every pod's host veth is skipped on its header's scope byte, so
-    a node with thousands of pods costs what one with none does."""
+    point-to-point address). Only global-scope addresses are read (_local_address): the
+    link-local address of every pod's host veth is skipped on its header's scope byte, so a
+    node with thousands of pods costs what one with none does."""
     req = ifaddrmsg()
     req["family"] = 0  # AF_UNSPEC: both families
     with rtnl.Rtnl() as nl:
         raws = nl.get(RTM_GETADDR, req, "addresses", None, rtnl.NLM_F_DUMP)
     out = set()
     for raw in raws:
-        if len(raw) <= _IFADDR_SCOPE or raw[_IFADDR_SCOPE] != RT_SCOPE_UNIVERSE:
+        if len(raw) < _IFADDR_ATTRS or raw[_IFADDR_SCOPE] != RT_SCOPE_UNIVERSE:
             continue
-        msg = ifaddrmsg(raw)
-        msg.decode()
-        addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        addr = _local_address(raw)
         if addr is None:
             continue
         ip = ipaddress.ip_address(addr)
