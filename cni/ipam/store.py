@@ -48,21 +48,26 @@ class LeaseStore:
     def __init__(self, directory: str, lock_timeout: float | None = None):
         self.dir = directory
         self.lock_timeout = lock_timeout  # None: the verb's deadline (datapath/locks.py)
+        self._held = False  # this store holds the lease lock (locked())
         self._names: list[str] | None = None  # the directory as the lock holder's sweep saw it
 
     @contextmanager
     def locked(self):
+        """Hold the network's lease lock. The directory is not listed here: an allocation whose
+        next candidates are free never lists it (addresses() does, once per hold, when needed)."""
         # flocked creates the directory with the lock file when it is missing (mode 0700)
         with flocked(os.path.join(self.dir, LOCK_NAME), "IPAM lease lock", self.lock_timeout):
-            self._names = self._sweep_temporaries()
+            self._held, self._names = True, None
             try:
                 yield self
             finally:
-                self._names = None
+                self._held, self._names = False, None
 
     def _sweep_temporaries(self) -> list[str]:
         """Writes happen under the lock, so a temporary seen by the lock holder is a crash's
-        leftover. Returns the other names."""
+        leftover (of write_atomic's named-temporary path, which leases rarely take: readers skip
+        them meanwhile); removed by the next lock holder that lists the directory. Returns the
+        other names."""
         names = []
         for name in os.listdir(self.dir):
             if ".tmp" in name:
@@ -104,8 +109,11 @@ class LeaseStore:
         ADD on a network with a thousand leases). Under the lock, the names its sweep listed:
         this holder's own reservations since then may be missing, which costs nothing (reserve()
         is exclusive and refuses a taken address)."""
-        names = self._names
-        if names is None:
+        if self._held:
+            if self._names is None:
+                self._names = self._sweep_temporaries()
+            names = self._names
+        else:
             if not os.path.isdir(self.dir):
                 return set()
             names = os.listdir(self.dir)

@@ -163,3 +163,57 @@ def test_addresses_are_the_lease_names_without_parsing_them(tmp_path, monkeypatc
 
     monkeypatch.setattr(store_mod.ipaddress, "ip_address", lambda s: pytest.fail("parsed a lease name"))
     assert store.addresses() == {"10.0.0.5", "fd00::5", "10.0.0.6"}
+
+
+def _range_set(first: str, last: str):
+    from cni.ipam.ranges import parse_range_sets
+
+    (rs,) = parse_range_sets([[{"subnet": "10.0.0.0/24", "rangeStart": first, "rangeEnd": last}]])
+    return rs
+
+
+def test_an_allocation_after_the_last_one_lists_no_lease(tmp_path, monkeypatch):
+    """ADD's address comes from reserving the next candidate outright (an exclusive link fails
+    on a taken one): with 50 leases and the next address free, the lease directory is not read
+    (it was listed and every name matched on every ADD: O(leases)). As ADD calls it: the
+    attachment record, not the leases, says whether the owner holds addresses."""
+    from cni.ipam import builtin
+
+    store = _store(tmp_path)
+    for i in range(10, 60):
+        _lease(store, f"10.0.0.{i}", (f"c{i}", "eth0"))
+    store.set_last_reserved(0, "10.0.0.59")
+    listdir = os.listdir
+    monkeypatch.setattr(
+        os, "listdir", lambda p: pytest.fail("listed the leases") if p == store.dir else listdir(p)
+    )
+    assert builtin.allocate(
+        store, [_range_set("10.0.0.10", "10.0.0.200")], "new", "eth0", check_owner=False
+    ) == ["10.0.0.60"]
+    assert store.owner("10.0.0.60") == ("new", "eth0")
+
+
+def test_a_wrapped_range_lists_the_leases_once_and_sweeps_leftovers(tmp_path, monkeypatch):
+    """After the range's end the search starts again at its beginning, where every address is
+    taken but one: after builtin.DIRECT_TRIES refused links the directory is listed once (a
+    crash's leftover temporary is removed then) and the taken addresses are skipped."""
+    from cni.ipam import builtin
+
+    store = _store(tmp_path)
+    for i in range(10, 30):
+        if i != 25:
+            _lease(store, f"10.0.0.{i}", (f"c{i}", "eth0"))
+    store.set_last_reserved(0, "10.0.0.29")
+    (tmp_path / "10.0.0.25.tmp1-1").write_text("c9\neth0\n")  # a killed write's leftover
+    listed, links = [], []
+    listdir, reserve = os.listdir, store.reserve
+    monkeypatch.setattr(os, "listdir", lambda p: listed.append(p) or listdir(p))
+    monkeypatch.setattr(store, "reserve", lambda ip, *a: links.append(ip) or reserve(ip, *a))
+    assert builtin.allocate(
+        store, [_range_set("10.0.0.10", "10.0.0.29")], "new", "eth0", check_owner=False
+    ) == ["10.0.0.25"]
+    assert listed == [store.dir]
+    assert links == ["10.0.0.10", "10.0.0.11", "10.0.0.12", "10.0.0.13", "10.0.0.25"]
+    assert not (tmp_path / "10.0.0.25.tmp1-1").exists()
+    with pytest.raises(Exception, match="no free address"):
+        builtin.allocate(store, [_range_set("10.0.0.10", "10.0.0.29")], "full", "eth0", check_owner=False)
