@@ -192,11 +192,13 @@ def endpoint_count(node: Node) -> int:
         return len(t.ifaces.keys())
 
 
-def add_fake_endpoints(node: Node, n: int, graveyard: str, log) -> dict:
+def add_fake_endpoints(node: Node, n: int, graveyard: str, log, lease_dir: str | None = None) -> dict:
     """n endpoints that look like pods to the datapath and to the node: a veth pair each (host end in
     the node namespace, other end in `graveyard`) and their entries in the endpoint table (an IPv4
     and an IPv6 address each), inserted directly with datapath.endpoints.EndpointTable instead of
-    n CNI ADDs. There are no leases or attachment records for them."""
+    n CNI ADDs. With `lease_dir` (a network's lease directory, cni/ipam/store.py) each also gets
+    the lease a pod of that network would hold, so that ADD's IPAM sees n leases; there are no
+    attachment records or claims for them."""
     t0 = time.monotonic()
     netns.create(graveyard)
     gfd = os.open(f"/var/run/netns/{graveyard}", os.O_RDONLY)
@@ -222,8 +224,16 @@ def add_fake_endpoints(node: Node, n: int, graveyard: str, log) -> dict:
                     [str(FAKE_V4[i + 1]), str(FAKE_V6[i + 1])],
                 )
             )
+    if lease_dir:
+        os.makedirs(lease_dir, mode=0o700, exist_ok=True)
+        for i in range(n):
+            with open(os.path.join(lease_dir, str(FAKE_V4[i + 1])), "w") as fh:
+                fh.write(f"bench-fake-{i}\neth0\n")
     t_entries = time.monotonic() - t0 - t_links
-    log(f"    {n} veth pairs in {t_links:.1f}s, {n} endpoint-table entries in {t_entries:.1f}s")
+    log(
+        f"    {n} veth pairs in {t_links:.1f}s, {n} endpoint-table entries"
+        f"{' and leases' if lease_dir else ''} in {t_entries:.1f}s"
+    )
     return {
         "n": n,
         "veth_pairs_s": round(t_links, 2),
@@ -231,13 +241,19 @@ def add_fake_endpoints(node: Node, n: int, graveyard: str, log) -> dict:
     }
 
 
-def remove_fake_endpoints(graveyard: str) -> None:
+def remove_fake_endpoints(graveyard: str, n: int = 0, lease_dir: str | None = None) -> None:
     """Remove the graveyard namespace: the veth pairs go with it. Their table entries stay until
-    the node's datapath is unloaded (removing them one by one would cost O(n^2) map walks)."""
+    the node's datapath is unloaded (removing them one by one would cost O(n^2) map walks); their
+    leases (add_fake_endpoints' lease_dir) are removed."""
     try:
         netns.remove(graveyard)
     except OSError:
         pass
+    for i in range(n if lease_dir else 0):
+        try:
+            os.unlink(os.path.join(lease_dir, str(FAKE_V4[i + 1])))
+        except FileNotFoundError:
+            pass
 
 
 def _at_once(plugins: Plugins, plugin: str, verb: str, made: list[tuple[str, str]]) -> dict:
@@ -324,6 +340,8 @@ def run(
         "timing": "wall time of the whole plugin process (spawn to exit)",
     }
     graveyard = f"{node.ns}-gy"
+    conf = plugins.confs["xdpcni"]
+    lease_dir = os.path.join(conf["dataDir"], conf["name"], "ipam")  # cni/commands/common.lease_store
     try:
         out["process_overheads"] = process_overheads(node)
         # 1. n_pods ADDs then n_pods DELs, plugins interleaved pod by pod (same moment, same load).
@@ -386,10 +404,11 @@ def run(
                     real.append((f"bench-exist-{i}", ns))
                 res["how"] = f"{len(real)} pods added with xdpcni ADD (+{base} already there)"
             else:
-                res["fake"] = add_fake_endpoints(node, n_exist - base, graveyard, log)
+                res["fake"] = add_fake_endpoints(node, n_exist - base, graveyard, log, lease_dir)
                 res["how"] = (
                     f"{n_exist - base} endpoints inserted directly with datapath.endpoints."
-                    f"EndpointTable (a real veth pair each, no leases/records) +{base} real"
+                    f"EndpointTable (a real veth pair and a lease each in xdpcni's network, no "
+                    f"records or claims) +{base} real"
                 )
             res["endpoints_present"] = endpoint_count(node)
             for p in ("xdpcni", "xdpcni-agent"):
@@ -404,7 +423,7 @@ def run(
                 plugins.call("xdpcni-agent", "DEL", cid, ns)
                 pods.remove(ns)
             if "fake" in res:
-                remove_fake_endpoints(graveyard)
+                remove_fake_endpoints(graveyard, n_exist - base, lease_dir)
             out["add_with_existing"][str(n_exist)] = res
             log(
                 f"    ADD with {res['endpoints_present']} endpoints: "
