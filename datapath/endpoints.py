@@ -14,7 +14,7 @@ import ipaddress
 import mmap
 import os
 import struct
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from . import abi, libbpf, locks
@@ -264,22 +264,17 @@ class EndpointTable:
             if ep_id is not None:
                 return ep_id
         else:
-            used = set(self._iface_ep_ids())  # ep_ids in use
+            used = iface_ep_ids(self.ifaces)  # ep_id -> owner
             ep_id = next((i for i in range(1, abi.MAX_ENDPOINTS) if i not in used), None)
             if ep_id is not None:
                 return ep_id
         raise EndpointTableFull(f"all {abi.MAX_ENDPOINTS - 1} endpoint slots are in use")
 
-    def _iface_ep_ids(self) -> dict[int, int]:
-        return iface_ep_ids(self.ifaces)
-
     def sync_slots(self, locked: bool = False) -> None:
         """Make ep_slots match `ifaces` exactly (restore() at load and agent start; ADD when they
-        say all ids are taken). No-op on a datapath loaded before ep_slots."""
+        say all ids are taken; `locked`: the caller holds the endpoint map lock). No-op on a
+        datapath loaded before ep_slots."""
         if self.slots is None:
             return
-        if not locked:
-            with self._locked():
-                self.slots.fill(self._iface_ep_ids())
-        else:
-            self.slots.fill(self._iface_ep_ids())
+        with nullcontext() if locked else self._locked():
+            self.slots.fill(iface_ep_ids(self.ifaces))

@@ -245,7 +245,8 @@ def _set_aside_other_layouts(layout: PinLayout, log) -> list[str]:
         os.replace(path, path + ASIDE)
         aside.append(path + ASIDE)
         log(
-            f"  map {name} has another layout (type, key, value, entries = {have}, this version {want}): "
+            f"  map {name} has another layout (type, key, value, entries{', flags' if name in abi.MAP_FLAGS else ''}"
+            f" = {have}, this version {want}): "
             "migrating (new map, endpoints restored from the live pods; counters start at zero)"
         )
     return aside
