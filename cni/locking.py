@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from datapath import locks
 
@@ -37,11 +37,12 @@ def write_atomic(path: str, data: str, exclusive: bool = False, durable: bool = 
     process keeps one: keep_spares) that is then given its name with linkat(2): one directory
     operation, and a crash leaves nothing behind (the kernel frees an unnamed file with its last
     fd). exclusive=True fails with FileExistsError when `path` exists (linkat never overwrites);
-    otherwise an existing `path` is replaced through a named temporary and rename(2) (the rare
-    case: a record rewritten with a delegated IPAM's addresses, a DEL's note), as is every
-    write where the filesystem has no O_TMPFILE; a crash can leave such a temporary, which the
-    readers skip (its name is none they take for theirs) and the IPAM lock holder sweeps from
-    its directory.
+    otherwise an existing `path` is replaced by naming that same unnamed file with a temporary
+    name and renaming it over `path` (the rare case: a record rewritten with a delegated IPAM's
+    addresses, a DEL's note; the data is written once). A filesystem without O_TMPFILE gets a
+    named temporary and rename(2). A crash can leave such a temporary, which the readers skip
+    (its name is none they take for theirs) and the IPAM lock holder sweeps from its directory
+    when it lists it.
 
     No fsync unless `durable`: a killed process (SIGKILL at any step, tests/e2e/test_cni_crash.py)
     loses nothing that write() handed to the page cache, and the state that matters survives a
@@ -50,7 +51,7 @@ def write_atomic(path: str, data: str, exclusive: bool = False, durable: bool = 
     """
     raw = data.encode()
     try:
-        if _link_unnamed(path, raw, durable):
+        if _link_unnamed(path, raw, durable, exclusive):
             return
     except FileExistsError:
         if exclusive:
@@ -59,7 +60,7 @@ def write_atomic(path: str, data: str, exclusive: bool = False, durable: bool = 
         raise
     except OSError as exc:
         raise write_failed(path, exc) from exc
-    tmp = f"{path}.tmp{os.getpid()}-{threading.get_native_id()}"
+    tmp = _temporary(path)
     try:
         try:
             with open(tmp, "wb") as fh:
@@ -144,11 +145,16 @@ def _unnamed(directory: str) -> int:
     return os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
 
 
-def _link_unnamed(path: str, raw: bytes, durable: bool) -> bool:
-    """Write `raw` to an unnamed file in `path`'s directory and name it `path`. False when that
+def _temporary(path: str) -> str:
+    return f"{path}.tmp{os.getpid()}-{threading.get_native_id()}"
+
+
+def _link_unnamed(path: str, raw: bytes, durable: bool, exclusive: bool = True) -> bool:
+    """Write `raw` to an unnamed file in `path`'s directory and name it `path` (not `exclusive`:
+    an existing `path` is replaced, through a temporary name and rename(2)). False when that
     cannot be done here (no O_TMPFILE, or a link error other than a full disk or quota: `path`
-    not made, use a named temporary); FileExistsError when `path` exists, FileNotFoundError when
-    its directory does not."""
+    not made, use a named temporary); FileExistsError when `path` exists and `exclusive`,
+    FileNotFoundError when its directory does not exist."""
     global _ROOT_FD
     try:
         fd = _unnamed(os.path.dirname(path) or ".")
@@ -164,11 +170,24 @@ def _link_unnamed(path: str, raw: bytes, durable: bool) -> bool:
             os.fsync(fd)
         if _ROOT_FD is None:
             _ROOT_FD = os.open("/", os.O_PATH | os.O_CLOEXEC)
+        # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N: how an unnamed file gets a name without
+        # CAP_DAC_READ_SEARCH (AT_EMPTY_PATH needs it). Python calls plain link(2) unless a dir
+        # fd is given, and link(2) would not follow the /proc symlink.
+        source = f"/proc/self/fd/{fd}"
         try:
-            # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N: how an unnamed file gets a name
-            # without CAP_DAC_READ_SEARCH (AT_EMPTY_PATH needs it). Python calls plain link(2)
-            # unless a dir fd is given, and link(2) would not follow the /proc symlink.
-            os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=_ROOT_FD, follow_symlinks=True)
+            try:
+                os.link(source, path, src_dir_fd=_ROOT_FD, follow_symlinks=True)
+            except FileExistsError:
+                if exclusive:
+                    raise
+                tmp = _temporary(path)
+                os.link(source, tmp, src_dir_fd=_ROOT_FD, follow_symlinks=True)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    with suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                    raise
         except FileExistsError:
             raise
         except OSError as exc:

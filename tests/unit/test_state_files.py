@@ -3,6 +3,7 @@ and the in-place writes that spare ext4 its rename/truncate flushes, keep their 
 
 from __future__ import annotations
 
+import builtins
 import os
 
 import pytest
@@ -217,3 +218,20 @@ def test_a_wrapped_range_lists_the_leases_once_and_sweeps_leftovers(tmp_path, mo
     assert not (tmp_path / "10.0.0.25.tmp1-1").exists()
     with pytest.raises(Exception, match="no free address"):
         builtin.allocate(store, [_range_set("10.0.0.10", "10.0.0.29")], "full", "eth0", check_owner=False)
+
+
+def test_a_replacing_write_writes_its_data_once(tmp_path, monkeypatch):
+    """Replacing an existing file names the unnamed file already written with a temporary name
+    and renames it over the old one: the data is written once (it was written to the unnamed
+    file, then again to a named temporary), the inode is new, and nothing is left behind."""
+    path = tmp_path / "note"
+    locking.write_atomic(str(path), "old\n")
+    old_ino = os.stat(path).st_ino
+    writes, opened = [], []
+    real_write, real_open = os.write, builtins.open
+    monkeypatch.setattr(os, "write", lambda fd, data: writes.append(bytes(data)) or real_write(fd, data))
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
+    locking.write_atomic(str(path), "new\n")
+    assert writes == [b"new\n"] and opened == []  # no named temporary written a second time
+    assert path.read_text() == "new\n" and os.stat(path).st_ino != old_ino
+    assert os.listdir(tmp_path) == ["note"]
