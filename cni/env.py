@@ -16,6 +16,7 @@ CNI_NETNS=dummy CNI_IFNAME=dummy CNI_PATH=dummy, which must succeed.
 from __future__ import annotations
 
 import fcntl
+import functools
 import ipaddress
 import os
 import re
@@ -166,15 +167,11 @@ def _ns_id(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-_HOST_NS: list[tuple[int, int] | None] = []  # PID 1's namespace, read once per process
-
-
+@functools.lru_cache(maxsize=1)
 def _host_ns_id() -> tuple[int, int] | None:
     """PID 1's network namespace (the host's). It is stat'ed once per process: PID 1 of a PID
     namespace never moves to another network namespace, and a node agent checks every ADD."""
-    if not _HOST_NS:
-        _HOST_NS.append(_ns_id("/proc/1/ns/net"))
-    return _HOST_NS[0]
+    return _ns_id("/proc/1/ns/net")
 
 
 def check_netns(path: str) -> int:

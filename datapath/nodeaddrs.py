@@ -31,34 +31,27 @@ RTM_GETADDR = 22
 RT_SCOPE_UNIVERSE = 0
 _IFADDR_SCOPE = 16 + 3  # ifaddrmsg's scope byte, after the netlink header (family, prefixlen, flags)
 _IFADDR_ATTRS = 16 + 8  # the first rtattr: after the netlink header and struct ifaddrmsg
-_RTATTR = struct.Struct("=HH")  # rta_len, rta_type
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 _ADDR_LEN = {2: 4, 10: 16}  # AF_INET, AF_INET6: bytes of an address
 
 
 def _local_address(raw: bytes) -> bytes | None:
     """An RTM_NEWADDR message's own address (IFA_LOCAL, else IFA_ADDRESS), packed; its rtattrs
-    read in place (rtnetlink(7)): pyroute2's decode of a whole message cost ~15 us, and a node
-    whose host veths carry addresses (ptp-style gateways) has hundreds to read every second."""
+    read in place (rtnl.parse_attrs): pyroute2's decode of a whole message cost ~15 us, and a
+    node whose host veths carry addresses (ptp-style gateways) has hundreds to read every
+    second. An attribute of another length than the family's address (cut off) is none."""
     size = _ADDR_LEN.get(raw[16])
     if size is None:
         return None
-    found = None
-    pos, end = _IFADDR_ATTRS, min(len(raw), _NLHDR_LEN.unpack_from(raw)[0])
-    while pos + 4 <= end:
-        rta_len, rta_type = _RTATTR.unpack_from(raw, pos)
-        if rta_len < 4 or pos + rta_len > end:  # malformed or cut off
-            break
-        if rta_type in (IFA_ADDRESS, IFA_LOCAL) and rta_len == 4 + size:
-            found = raw[pos + 4 : pos + 4 + size]
-            if rta_type == IFA_LOCAL:
-                return found
-        pos += (rta_len + 3) & ~3
-    return found
+    attrs = rtnl.parse_attrs(raw, _IFADDR_ATTRS)
+    for kind in (IFA_LOCAL, IFA_ADDRESS):
+        addr = attrs.get(kind)
+        if addr is not None and len(addr) == size:
+            return addr
+    return None
 
 
 _FLAGS = struct.Struct(f"={abi.EndpointInfo.flags.offset}xI")  # EndpointInfo.flags, u32
-_NLHDR_LEN = struct.Struct("=I")  # nlmsg_len
 
 
 def node_addresses() -> set[str]:
