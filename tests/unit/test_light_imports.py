@@ -145,3 +145,87 @@ product = client._product()
 print(product.__name__, "_distutils_hack" in sys.modules)
 """
     assert _run(code, "-I", "-S") == ["cni.main True"]
+
+
+def test_tc_plugins_we_do_not_encode_run_at_first_use_and_decode_as_pyroute2_does():
+    """tcmsg's qdisc and classifier modules other than clsact and bpf run at their first use
+    (cls_basic alone pulls in rt_files, dataclasses and pathlib: ~14 ms of an in-process verb).
+    A message of such a kind, made by a process with the whole pyroute2, decodes to the same
+    fields under the light import."""
+    make = """
+from pyroute2.netlink.rtnl.tcmsg import tcmsg
+msg = tcmsg()
+msg["index"] = 7
+msg["attrs"] = [("TCA_KIND", "sfq"), ("TCA_OPTIONS", {"quantum": 1514, "perturb_period": 10, "limit": 127})]
+msg.encode()
+print(msg.data.hex())
+"""
+    (data,) = _run(make)
+    decode = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+import cni.commands.add
+from datapath.pyroute2_light import _Deferred
+print("pyroute2.netlink.rt_files" in sys.modules, type(sys.modules["pyroute2.netlink.rtnl.tcmsg.sched_sfq"]) is _Deferred)
+from pyroute2.netlink.rtnl.tcmsg import tcmsg
+msg = tcmsg(bytes.fromhex({data!r}))
+msg.decode()
+opts = msg.get_attr("TCA_OPTIONS")
+print(msg.get_attr("TCA_KIND"), opts["quantum"], opts["perturb_period"], opts["limit"])
+print(type(sys.modules["pyroute2.netlink.rtnl.tcmsg.sched_sfq"]) is _Deferred, "pyroute2.netlink.rt_files" in sys.modules)
+"""
+    before, decoded, after = _run(decode)
+    assert before == "False True"
+    assert decoded == "sfq 1514 10 127"
+    assert after == "False False"  # sfq ran; cls_basic (rt_files) still has not
+
+
+def test_deferred_module_runs_once_under_concurrent_first_use_and_retries_after_a_failure(tmp_path):
+    """Threads asking a deferred module for attributes while its code runs wait for all of it;
+    its code runs once; a run that raised is run again at the next lookup."""
+    pkg = tmp_path / "xdeferpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "slow.py").write_text(
+        "import builtins, os, time\n"
+        "builtins.RUNS = getattr(builtins, 'RUNS', 0) + 1\n"
+        "if os.path.exists(os.environ['FAIL_ONCE']):\n"
+        "    os.unlink(os.environ['FAIL_ONCE'])\n"
+        "    raise RuntimeError('first run fails')\n"
+        "first = 1\n"
+        "time.sleep(0.2)\n"
+        "last = 2\n"
+    )
+    fail = tmp_path / "fail-once"
+    fail.write_text("")
+    code = f"""
+import builtins, sys, threading
+sys.path[:0] = [{str(ROOT)!r}, {str(tmp_path)!r}]
+from datapath import pyroute2_light
+pyroute2_light._defer("xdeferpkg.slow", [{str(pkg)!r}])
+import xdeferpkg.slow as slow
+try:
+    slow.last
+except RuntimeError as exc:
+    print("raised", exc)
+got, errors = [], []
+def ask():
+    try:
+        got.append(slow.last)
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=ask) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(got, errors, builtins.RUNS, type(slow).__name__)
+"""
+    out = subprocess.run(
+        [PY, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "FAIL_ONCE": str(fail)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["raised first run fails", f"{[2] * 8} [] 2 module"]
