@@ -52,7 +52,8 @@ def _allocate_one(
     ifname: str,
     claim: Callable[[str], bool] | None,
 ) -> str:
-    last = store.last_reserved(idx)
+    hint = f"{idx}.{rs.key}"  # per range set: another config's ranges do not move this one's start
+    last = store.last_reserved(hint)
     after = None
     if last:
         try:
@@ -71,7 +72,7 @@ def _allocate_one(
                 store.release(s)
                 elsewhere += 1
                 continue
-            store.set_last_reserved(idx, s)
+            store.set_last_reserved(hint, s)
             return s
         refused += 1
         if taken is None and refused >= DIRECT_TRIES:

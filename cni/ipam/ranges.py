@@ -5,6 +5,8 @@ gateway). Invalid input is code 7.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 
@@ -56,6 +58,14 @@ class RangeSet:
 
     def __contains__(self, ip: IPAddress) -> bool:
         return any(ip in r and ip != r.gateway for r in self.ranges)
+
+    @functools.cached_property
+    def key(self) -> str:
+        """A short name of exactly this set of ranges (16 hex digits of the sha256 of their
+        bounds): what its last-reserved hint is filed under (cni/ipam/store.py), so configs of
+        one network with other ranges each keep their own."""
+        bounds = ",".join(f"{r.start}-{r.end}" for r in self.ranges)
+        return hashlib.sha256(bounds.encode()).hexdigest()[:16]
 
     def candidates(self, after: IPAddress | None):
         """Every usable address once, starting just after `after` (round robin, as host-local)."""

@@ -1,6 +1,7 @@
 """Leases on disk, host-local style: one file per address (named by it, holding the owner's
-container id and ifname, one per line) plus the last address handed out per range set, all
-under one flock per network so concurrent ADDs never hand out an address twice.
+container id and ifname, one per line) plus the last address handed out per range set (a hint
+filed under the set's index and its ranges, RangeSet.key), all under one flock per network so
+concurrent ADDs never hand out an address twice.
 
 A lease whose owner cannot be parsed (invalid bytes, wrong shape, an id the spec forbids) still
 holds its address: it is never handed out again and never released silently; leases() reports
@@ -22,6 +23,7 @@ _ADDRESS_CHARS = re.compile(r"[0-9a-fA-F.:]+")  # what an address's canonical te
 LOCK_NAME = "lock"
 LAST_PREFIX = "last_reserved_ip."
 LAST_WIDTH = 40
+_LEGACY_HINT = re.compile(re.escape(LAST_PREFIX) + r"[0-9]+")
 
 Owner = tuple[str, str]
 
@@ -66,11 +68,12 @@ class LeaseStore:
     def _sweep_temporaries(self) -> list[str]:
         """Writes happen under the lock, so a temporary seen by the lock holder is a crash's
         leftover (of write_atomic's named-temporary path, which leases rarely take: readers skip
-        them meanwhile); removed by the next lock holder that lists the directory. Returns the
-        other names."""
+        them meanwhile); removed by the next lock holder that lists the directory, as is a hint
+        of the earlier per-index naming (`last_reserved_ip.<index>`, read by no version since
+        hints are filed per range set). Returns the other names."""
         names = []
         for name in os.listdir(self.dir):
-            if ".tmp" in name:
+            if ".tmp" in name or _LEGACY_HINT.fullmatch(name):
                 try:
                     os.unlink(os.path.join(self.dir, name))
                 except FileNotFoundError:
@@ -167,20 +170,22 @@ class LeaseStore:
         except FileNotFoundError:
             return False
 
-    def last_reserved(self, set_index: int) -> str | None:
+    def last_reserved(self, hint: str | int) -> str | None:
+        """The address last handed out from the range set filed as `hint` (builtin.py: its index
+        and RangeSet.key); None when there is none or it cannot be read."""
         try:
-            with open(os.path.join(self.dir, f"{LAST_PREFIX}{set_index}"), "rb") as fh:
+            with open(os.path.join(self.dir, f"{LAST_PREFIX}{hint}"), "rb") as fh:
                 return fh.read(64).decode("ascii").strip() or None
         except (FileNotFoundError, UnicodeDecodeError):
             return None
 
-    def set_last_reserved(self, set_index: int, ip: str) -> None:
+    def set_last_reserved(self, hint: str | int, ip: str) -> None:
         """Overwritten in place, space-padded to a fixed width (an IPv6 address has at most 39
         characters): no temporary file, no rename and no truncation, each of which makes ext4
         flush (auto_da_alloc, ~0.3-0.8 ms per ADD on this machine's disk). It is only a hint
         (where the next search starts): a torn write reads as garbage, which means "start at
         the range's beginning"; a single write of this size is never torn by SIGKILL."""
-        path = os.path.join(self.dir, f"{LAST_PREFIX}{set_index}")
+        path = os.path.join(self.dir, f"{LAST_PREFIX}{hint}")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:

@@ -183,15 +183,36 @@ def test_an_allocation_after_the_last_one_lists_no_lease(tmp_path, monkeypatch):
     store = _store(tmp_path)
     for i in range(10, 60):
         _lease(store, f"10.0.0.{i}", (f"c{i}", "eth0"))
-    store.set_last_reserved(0, "10.0.0.59")
+    rs = _range_set("10.0.0.10", "10.0.0.200")
+    store.set_last_reserved(f"0.{rs.key}", "10.0.0.59")
     listdir = os.listdir
     monkeypatch.setattr(
         os, "listdir", lambda p: pytest.fail("listed the leases") if p == store.dir else listdir(p)
     )
-    assert builtin.allocate(
-        store, [_range_set("10.0.0.10", "10.0.0.200")], "new", "eth0", check_owner=False
-    ) == ["10.0.0.60"]
+    assert builtin.allocate(store, [rs], "new", "eth0", check_owner=False) == ["10.0.0.60"]
     assert store.owner("10.0.0.60") == ("new", "eth0")
+
+
+def test_configs_of_one_network_with_other_ranges_keep_their_own_hint(tmp_path, monkeypatch):
+    """Two configs of one network (one lease store) with different ranges, allocating in turn,
+    as the bench's in-process and agent configs do: each continues after its own last address
+    and none lists the leases. With one hint per range-set index, each turn started from the
+    other config's address, outside its ranges: its range's start, all taken, DIRECT_TRIES
+    refusals and a listing of every lease, every time."""
+    from cni.ipam import builtin
+
+    store = _store(tmp_path)
+    low, high = _range_set("10.0.0.10", "10.0.0.99"), _range_set("10.0.0.100", "10.0.0.200")
+    assert low.key != high.key and low.key == _range_set("10.0.0.10", "10.0.0.99").key
+    listed = []
+    listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p: listed.append(p) or listdir(p))
+    got = []
+    for i in range(6):
+        for name, rs in (("l", low), ("h", high)):
+            got += builtin.allocate(store, [rs], f"{name}{i}", "eth0", check_owner=False)
+    assert got == [x for i in range(6) for x in (f"10.0.0.{10 + i}", f"10.0.0.{100 + i}")]
+    assert listed == []
 
 
 def test_a_wrapped_range_lists_the_leases_once_and_sweeps_leftovers(tmp_path, monkeypatch):
@@ -204,18 +225,19 @@ def test_a_wrapped_range_lists_the_leases_once_and_sweeps_leftovers(tmp_path, mo
     for i in range(10, 30):
         if i != 25:
             _lease(store, f"10.0.0.{i}", (f"c{i}", "eth0"))
-    store.set_last_reserved(0, "10.0.0.29")
+    rs = _range_set("10.0.0.10", "10.0.0.29")
+    store.set_last_reserved(f"0.{rs.key}", "10.0.0.29")
+    store.set_last_reserved(0, "10.0.0.11")  # the per-index hint of an earlier version: swept
     (tmp_path / "10.0.0.25.tmp1-1").write_text("c9\neth0\n")  # a killed write's leftover
     listed, links = [], []
     listdir, reserve = os.listdir, store.reserve
     monkeypatch.setattr(os, "listdir", lambda p: listed.append(p) or listdir(p))
     monkeypatch.setattr(store, "reserve", lambda ip, *a: links.append(ip) or reserve(ip, *a))
-    assert builtin.allocate(
-        store, [_range_set("10.0.0.10", "10.0.0.29")], "new", "eth0", check_owner=False
-    ) == ["10.0.0.25"]
+    assert builtin.allocate(store, [rs], "new", "eth0", check_owner=False) == ["10.0.0.25"]
     assert listed == [store.dir]
     assert links == ["10.0.0.10", "10.0.0.11", "10.0.0.12", "10.0.0.13", "10.0.0.25"]
     assert not (tmp_path / "10.0.0.25.tmp1-1").exists()
+    assert not (tmp_path / f"{LAST_PREFIX}0").exists() and (tmp_path / f"{LAST_PREFIX}0.{rs.key}").exists()
     with pytest.raises(Exception, match="no free address"):
         builtin.allocate(store, [_range_set("10.0.0.10", "10.0.0.29")], "full", "eth0", check_owner=False)
 
