@@ -192,6 +192,21 @@ def endpoint_count(node: Node) -> int:
         return len(t.ifaces.keys())
 
 
+def settled_endpoint_count(node: Node, timeout: float = 5.0) -> int:
+    """endpoint_count once it stops moving (two reads 0.2 s apart agree; at most `timeout` s):
+    the agent finishes a DEL's veth removal after answering (node/agent.py), so right after a
+    phase of DELs the table can still shrink."""
+    deadline = time.monotonic() + timeout
+    last = endpoint_count(node)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = endpoint_count(node)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def add_fake_endpoints(node: Node, n: int, graveyard: str, log, lease_dir: str | None = None) -> dict:
     """n endpoints that look like pods to the datapath and to the node: a veth pair each (host end in
     the node namespace, other end in `graveyard`) and their entries in the endpoint table (an IPv4
@@ -254,6 +269,122 @@ def remove_fake_endpoints(graveyard: str, n: int = 0, lease_dir: str | None = No
             os.unlink(os.path.join(lease_dir, str(FAKE_V4[i + 1])))
         except FileNotFoundError:
             pass
+
+
+def _populate(
+    node: Node, plugins: Plugins, pods: PodNamespaces, n_exist: int, graveyard: str, lease_dir: str, log
+) -> dict:
+    """Bring `node` to `n_exist` endpoints: real pods through the executable up to 50, endpoints
+    inserted directly above (add_fake_endpoints). The result's "real" lists the pods to delete."""
+    res: dict = {}
+    base = settled_endpoint_count(node)
+    real: list[tuple[str, str]] = []
+    if n_exist <= 50:  # real pods through the executable
+        for i in range(max(0, n_exist - base)):
+            ns = pods.new(f"ke{i}")
+            plugins.call("xdpcni-agent", "ADD", f"bench-exist-{i}", ns)
+            real.append((f"bench-exist-{i}", ns))
+        res["how"] = f"{len(real)} pods added with xdpcni ADD (+{base} already there)"
+    else:
+        res["fake"] = add_fake_endpoints(node, n_exist - base, graveyard, log, lease_dir)
+        res["how"] = (
+            f"{n_exist - base} endpoints inserted directly with datapath.endpoints."
+            f"EndpointTable (a real veth pair and a lease each in xdpcni's network, no "
+            f"records or claims) +{base} real"
+        )
+    res["endpoints_present"] = endpoint_count(node)
+    res["real"] = real
+    return res
+
+
+def interleaved(n_nodes: int, cycles: int) -> list[tuple[int, str, int]]:
+    """The order of endpoint_counts' calls: (cycle, plugin, node index) triples. Every cycle has
+    an in-process then an agent ADD+DEL on each node; the nodes' order is reversed every other
+    cycle, so that no node is always the first after a plugin switch."""
+    order = []
+    for c in range(cycles):
+        nodes = range(n_nodes) if c % 2 == 0 else range(n_nodes - 1, -1, -1)
+        order += [(c, p, k) for p in ("xdpcni", "xdpcni-agent") for k in nodes]
+    return order
+
+
+def endpoint_counts(existing: list[int], cycles: int, log=print) -> dict:
+    """xdpcni ADD/DEL (in-process and through the agent) with each of `existing` endpoints on the
+    node: {str(n): {"how", "endpoints_present", "xdpcni": {"add", "del"}, "xdpcni-agent": ...}}.
+
+    Side by side, as the bridge comparison is: a fresh node per count (bench.topo.BenchNode, TC
+    mode, its own agent; the same history for every count), all loaded and populated first, then
+    `cycles` cycles, each an ADD and a DEL on every node in turn (in-process, then through the
+    agent; the nodes' order reversed every other cycle: interleaved()). Measured one count after
+    the other on one node, a slow or fast stretch of the VM (seconds long, as each count's
+    cycles were) moved one count's p50 by up to 35 %: the 1000 vs 10 endpoints ratio then said
+    more about the moment than about xdpcni."""
+    from .topo import BenchNode
+
+    nodes: list[tuple[BenchNode, NodeAgent, PodNamespaces]] = []
+    sets: list[dict] = []
+    try:
+        for n_exist in existing:
+            bn = BenchNode(None, log=log)
+            try:
+                bn.configure("tc")
+                n_agent = NodeAgent(bn.node)
+            except BaseException:
+                bn.close()
+                raise
+            n_node = bn.node
+            n_plugins, n_pods = Plugins(n_node, n_agent.sock), PodNamespaces(n_node)
+            nodes.append((bn, n_agent, n_pods))
+            conf = n_plugins.confs["xdpcni"]
+            # the network's lease directory, as cni/commands/common.lease_store names it
+            n_lease_dir = os.path.join(conf["dataDir"], conf["name"], "ipam")
+            n_graveyard = f"{n_node.ns}-gy"
+            res = _populate(n_node, n_plugins, n_pods, n_exist, n_graveyard, n_lease_dir, log)
+            sets.append(
+                {
+                    "n": n_exist,
+                    "res": res,
+                    "plugins": n_plugins,
+                    "pods": n_pods,
+                    "graveyard": n_graveyard,
+                    "lease_dir": n_lease_dir,
+                    "add": {"xdpcni": [], "xdpcni-agent": []},
+                    "del": {"xdpcni": [], "xdpcni-agent": []},
+                }
+            )
+        for c, p, k in interleaved(len(sets), cycles):
+            st = sets[k]
+            ns = st["pods"].new(f"ky{p[-1]}{c}")
+            st["add"][p].append(st["plugins"].call(p, "ADD", f"bench-cyc-{p}-{c}", ns))
+            st["del"][p].append(st["plugins"].call(p, "DEL", f"bench-cyc-{p}-{c}", ns))
+            st["pods"].remove(ns)
+        out: dict = {}
+        for st in sets:
+            res = st["res"]
+            for p in ("xdpcni", "xdpcni-agent"):
+                res[p] = {"add": summary(st["add"][p]), "del": summary(st["del"][p])}
+            out[str(st["n"])] = res
+            log(
+                f"    ADD with {res['endpoints_present']} endpoints: "
+                f"in-process p50 {res['xdpcni']['add']['p50_ms']} ms, "
+                f"agent p50 {res['xdpcni-agent']['add']['p50_ms']} ms"
+            )
+        return out
+    finally:
+        for st in sets:
+            for cid, ns in st["res"].pop("real", []):
+                try:
+                    st["plugins"].call("xdpcni-agent", "DEL", cid, ns)
+                finally:
+                    st["pods"].remove(ns)
+            if "fake" in st["res"]:
+                remove_fake_endpoints(st["graveyard"], st["res"]["fake"]["n"], st["lease_dir"])
+        for bn, n_agent, n_pods in nodes:
+            try:
+                n_agent.stop()
+                n_pods.remove_all()
+            finally:
+                bn.close()
 
 
 def _at_once(plugins: Plugins, plugin: str, verb: str, made: list[tuple[str, str]]) -> dict:
@@ -339,9 +470,6 @@ def run(
         "cycles": cycles,
         "timing": "wall time of the whole plugin process (spawn to exit)",
     }
-    graveyard = f"{node.ns}-gy"
-    conf = plugins.confs["xdpcni"]
-    lease_dir = os.path.join(conf["dataDir"], conf["name"], "ipam")  # cni/commands/common.lease_store
     try:
         out["process_overheads"] = process_overheads(node)
         # 1. n_pods ADDs then n_pods DELs, plugins interleaved pod by pod (same moment, same load).
@@ -391,54 +519,12 @@ def run(
         conc["agent_side"] = _agent_side(agent.served()[served_before:])  # run time, turn-wait excluded
         out["concurrent"] = conc
 
-        # 3. xdpcni ADD with N endpoints already on the node.
-        out["add_with_existing"] = {}
-        for n_exist in existing:
-            res: dict = {}
-            base = endpoint_count(node)
-            real: list[tuple[str, str]] = []
-            if n_exist <= 50:  # real pods through the executable
-                for i in range(max(0, n_exist - base)):
-                    ns = pods.new(f"ke{i}")
-                    plugins.call("xdpcni-agent", "ADD", f"bench-exist-{i}", ns)
-                    real.append((f"bench-exist-{i}", ns))
-                res["how"] = f"{len(real)} pods added with xdpcni ADD (+{base} already there)"
-            else:
-                res["fake"] = add_fake_endpoints(node, n_exist - base, graveyard, log, lease_dir)
-                res["how"] = (
-                    f"{n_exist - base} endpoints inserted directly with datapath.endpoints."
-                    f"EndpointTable (a real veth pair and a lease each in xdpcni's network, no "
-                    f"records or claims) +{base} real"
-                )
-            res["endpoints_present"] = endpoint_count(node)
-            for p in ("xdpcni", "xdpcni-agent"):
-                a, d = [], []
-                for c in range(cycles):
-                    ns = pods.new(f"ky{p[-1]}{c}")
-                    a.append(plugins.call(p, "ADD", f"bench-cyc-{p}-{c}", ns))
-                    d.append(plugins.call(p, "DEL", f"bench-cyc-{p}-{c}", ns))
-                    pods.remove(ns)
-                res[p] = {"add": summary(a), "del": summary(d)}
-            for cid, ns in real:
-                plugins.call("xdpcni-agent", "DEL", cid, ns)
-                pods.remove(ns)
-            if "fake" in res:
-                remove_fake_endpoints(graveyard, n_exist - base, lease_dir)
-            out["add_with_existing"][str(n_exist)] = res
-            log(
-                f"    ADD with {res['endpoints_present']} endpoints: "
-                f"in-process p50 {res['xdpcni']['add']['p50_ms']} ms, "
-                f"agent p50 {res['xdpcni-agent']['add']['p50_ms']} ms"
-            )
+        # 3. xdpcni ADD with N endpoints already on the node: a fresh node per N, side by side.
+        out["add_with_existing"] = endpoint_counts(existing, cycles, log)
     finally:
         agent.stop()
         out["agent_side"] = _agent_side(agent.served())
         pods.remove_all()
-        if os.path.exists(f"/var/run/netns/{graveyard}"):
-            try:
-                netns.remove(graveyard)
-            except OSError:
-                pass
         shutil.rmtree(os.path.join(node.data_dir, "host-local"), ignore_errors=True)
     return out
 

@@ -9,7 +9,6 @@ exactly one compile.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 from datapath import locks
@@ -63,6 +62,8 @@ def ensure_loaded(node: NodeConfig | None, root: str) -> bool:
     with flocked(parent, f"datapath load lock for {root}", timeout, is_dir=True):
         if is_loaded(root):  # another ADD loaded it while we waited
             return False
+        import subprocess  # here only: ~2 ms (with locale) of every in-process verb otherwise
+
         cmd = [sys.executable, "-m", "datapath.loader"]
         try:
             proc = subprocess.run(

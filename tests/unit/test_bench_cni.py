@@ -42,3 +42,20 @@ def test_nearest_rank_definition(ints, p):
     rank = math.ceil(p * len(values) / 100)  # exact: integers
     assert sum(v <= got for v in values) >= rank  # at least p % of the sample at or below it
     assert sum(v < got for v in values) < rank  # and the smallest such value
+
+
+def test_endpoint_counts_are_measured_side_by_side():
+    """bench/cnibench.interleaved: each count's node gets every cycle's ADD+DEL of both plugins,
+    and no node is always the first of its plugin (one node after the other let a slow or fast
+    stretch of the VM land on one count alone)."""
+    from bench.cnibench import interleaved
+
+    order = interleaved(2, 4)
+    assert len(order) == 16
+    for p in ("xdpcni", "xdpcni-agent"):
+        for k in (0, 1):
+            assert [c for c, q, j in order if (q, j) == (p, k)] == [0, 1, 2, 3]
+    firsts = [next(j for c2, q, j in order if c2 == c and q == "xdpcni-agent") for c in range(4)]
+    assert firsts == [0, 1, 0, 1]
+    assert [c for c, _, _ in order] == sorted(c for c, _, _ in order)  # cycle by cycle, not count by count
+    assert interleaved(1, 3) == [(c, p, 0) for c in range(3) for p in ("xdpcni", "xdpcni-agent")]
