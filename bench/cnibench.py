@@ -13,6 +13,7 @@ lean client handing the verb to a warm process).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import os
@@ -29,6 +30,8 @@ from datapath.netns import entered
 from sim.agent import NodeAgent
 from sim.cni_runtime import cni_bin_dir, invoke, xdpcni_netconf
 from sim.topology import VENV_BIN, Node, loopback_up
+
+from . import cpugroups
 
 CNI_VERSION = "1.0.0"
 # xdpcni in-process and through the agent share one network (lease store): separate ranges.
@@ -457,6 +460,7 @@ def run(
     log=print,
     n_concurrent: int = 100,
     rounds: int = 2,
+    cpu_groups: bool = True,
 ) -> dict:
     agent = NodeAgent(node)
     pods = PodNamespaces(node)
@@ -498,23 +502,36 @@ def run(
 
         # 2. n_concurrent ADDs launched at once, then as many DELs, bridge and xdpcni (agent)
         # alternating over `rounds` rounds; the best round of each is reported, all are kept.
+        # The agent in a CPU cgroup of its own, the runtime's processes in another, as on a node
+        # (bench/cpugroups.py).
         conc: dict = {"n": n_concurrent, "rounds": {"bridge": [], "xdpcni-agent": []}}
-        for r in range(rounds):
-            for p in ("bridge", "xdpcni-agent") if r % 2 == 0 else ("xdpcni-agent", "bridge"):
-                res = concurrent(
-                    plugins, pods, p, n_concurrent, f"{r}", agent.proc.pid if p == "xdpcni-agent" else None
-                )
-                conc["rounds"][p].append(res)
-                cpu = f"; CPU used, all processes: {res['add']['machine_cpu_ms']:.0f} / {res['del']['machine_cpu_ms']:.0f} ms"
-                if "agent_cpu_ms" in res["add"]:
-                    cpu += (
-                        f", the agent: {res['add']['agent_cpu_ms']:.0f} / {res['del']['agent_cpu_ms']:.0f} ms"
+        with (
+            cpugroups.separate(f"xdpcni-bench-{node.ns}")
+            if cpu_groups
+            else contextlib.nullcontext() as groups
+        ):
+            if groups is not None:
+                groups.add_agent(agent.proc.pid)
+            conc["cpu_groups"] = groups.how if groups is not None else "one group (--same-cgroup)"
+            for r in range(rounds):
+                for p in ("bridge", "xdpcni-agent") if r % 2 == 0 else ("xdpcni-agent", "bridge"):
+                    res = concurrent(
+                        plugins,
+                        pods,
+                        p,
+                        n_concurrent,
+                        f"{r}",
+                        agent.proc.pid if p == "xdpcni-agent" else None,
                     )
-                log(
-                    f"    {n_concurrent} ADDs at once, {p:13}: wall {res['add']['wall_ms']:.0f} ms, "
-                    f"p50 {res['add']['p50_ms']} p99 {res['add']['p99_ms']} ms; "
-                    f"DELs wall {res['del']['wall_ms']:.0f} ms{cpu} (ADDs / DELs)"
-                )
+                    conc["rounds"][p].append(res)
+                    cpu = f"; CPU used, all processes: {res['add']['machine_cpu_ms']:.0f} / {res['del']['machine_cpu_ms']:.0f} ms"
+                    if "agent_cpu_ms" in res["add"]:
+                        cpu += f", the agent: {res['add']['agent_cpu_ms']:.0f} / {res['del']['agent_cpu_ms']:.0f} ms"
+                    log(
+                        f"    {n_concurrent} ADDs at once, {p:13}: wall {res['add']['wall_ms']:.0f} ms, "
+                        f"p50 {res['add']['p50_ms']} p99 {res['add']['p99_ms']} ms; "
+                        f"DELs wall {res['del']['wall_ms']:.0f} ms{cpu} (ADDs / DELs)"
+                    )
         conc["best"] = {p: min(v, key=lambda x: x["add"]["wall_ms"]) for p, v in conc["rounds"].items() if v}
         conc["agent_side"] = _agent_side(agent.served()[served_before:])  # run time, turn-wait excluded
         out["concurrent"] = conc
@@ -589,6 +606,11 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--existing", default="10,1000")
     ap.add_argument("--cycles", type=int, default=40)
+    ap.add_argument(
+        "--same-cgroup",
+        action="store_true",
+        help="100 at once with the agent in the runtime's CPU cgroup (default: one of its own, as on a node)",
+    )
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results-cni.json"))
     args = ap.parse_args(argv)
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -604,6 +626,7 @@ def main(argv=None) -> int:
             log=log,
             n_concurrent=args.concurrent,
             rounds=args.rounds,
+            cpu_groups=not args.same_cgroup,
         )
     finally:
         bn.close()
