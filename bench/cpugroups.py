@@ -6,9 +6,11 @@ of its own under kubepods; the CNI plugin processes are children of containerd o
 service's cgroup under system.slice. The kernel's CPU scheduler shares the CPU between the two
 groups first and only then between the processes inside each: 100 plugin processes starting at
 once do not push the agent down to 1/101 of the CPU. In one group, as the benchmark ran before,
-they do (the agent's turn-wait then grew to ~50-90 ms at p99). Both groups get the default weight
-(cgroup v2 cpu.weight 100, v1 cpu.shares 1024). A plugin without an agent (bridge, ptp) runs all
-its work in the runtime group, as on a node.
+they do: the agent's own time per ADD (turn-wait excluded) reached 55-193 ms at p99 and its CPU
+per ADD nearly doubled. Both groups get the default weight (cgroup v2 cpu.weight 100, v1
+cpu.shares 1024; on a node kubepods.slice's weight follows the allocatable CPUs, e.g. 79 for two,
+against system.slice's 100). A plugin without an agent (bridge, ptp) runs all its work in the
+runtime group, as on a node.
 
 Works with cgroup v2 (a "cpu" controller the root can hand down) or v1's "cpu" hierarchy; where
 neither can be used, `separate()` yields a CpuGroups whose `how` says why and moves nothing. Every
