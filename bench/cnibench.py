@@ -275,20 +275,29 @@ def remove_fake_endpoints(graveyard: str, n: int = 0, lease_dir: str | None = No
 
 
 def _populate(
-    node: Node, plugins: Plugins, pods: PodNamespaces, n_exist: int, graveyard: str, lease_dir: str, log
+    node: Node,
+    plugins: Plugins,
+    pods: PodNamespaces,
+    n_exist: int,
+    graveyard: str,
+    lease_dir: str,
+    log,
+    undo: dict,
 ) -> dict:
     """Bring `node` to `n_exist` endpoints: real pods through the executable up to 50, endpoints
-    inserted directly above (add_fake_endpoints). The result's "real" lists the pods to delete."""
+    inserted directly above (add_fake_endpoints). What it makes is noted in `undo` as it is made
+    ("real": the pods to delete, "fake_n": the fake endpoints), for _unpopulate."""
     res: dict = {}
     base = settled_endpoint_count(node)
-    real: list[tuple[str, str]] = []
+    undo["real"] = real = []
     if n_exist <= 50:  # real pods through the executable
         for i in range(max(0, n_exist - base)):
             ns = pods.new(f"ke{i}")
-            plugins.call("xdpcni-agent", "ADD", f"bench-exist-{i}", ns)
             real.append((f"bench-exist-{i}", ns))
+            plugins.call("xdpcni-agent", "ADD", f"bench-exist-{i}", ns)
         res["how"] = f"{len(real)} pods added with xdpcni ADD (+{base} already there)"
     else:
+        undo["fake_n"] = n_exist - base
         res["fake"] = add_fake_endpoints(node, n_exist - base, graveyard, log, lease_dir)
         res["how"] = (
             f"{n_exist - base} endpoints inserted directly with datapath.endpoints."
@@ -296,7 +305,6 @@ def _populate(
             f"records or claims) +{base} real"
         )
     res["endpoints_present"] = endpoint_count(node)
-    res["real"] = real
     return res
 
 
@@ -313,7 +321,8 @@ def interleaved(n_nodes: int, cycles: int) -> list[tuple[int, str, int]]:
 
 def endpoint_counts(existing: list[int], cycles: int, log=print) -> dict:
     """xdpcni ADD/DEL (in-process and through the agent) with each of `existing` endpoints on the
-    node: {str(n): {"how", "endpoints_present", "xdpcni": {"add", "del"}, "xdpcni-agent": ...}}.
+    node: {str(n): {"how", "endpoints_present", "xdpcni": {"add", "del"}, "xdpcni-agent": ...,
+    "agent_side": that node's agent's own times}}.
 
     Side by side, as the bridge comparison is: a fresh node per count (bench.topo.BenchNode, TC
     mode, its own agent; the same history for every count), all loaded and populated first, then
@@ -321,39 +330,38 @@ def endpoint_counts(existing: list[int], cycles: int, log=print) -> dict:
     agent; the nodes' order reversed every other cycle: interleaved()). Measured one count after
     the other on one node, a slow or fast stretch of the VM (seconds long, as each count's
     cycles were) moved one count's p50 by up to 35 %: the 1000 vs 10 endpoints ratio then said
-    more about the moment than about xdpcni."""
+    more about the moment than about xdpcni. Every node, agent, pod and fake endpoint made here
+    is removed on the way out, whatever fails."""
     from .topo import BenchNode
 
-    nodes: list[tuple[BenchNode, NodeAgent, PodNamespaces]] = []
     sets: list[dict] = []
-    try:
+    with contextlib.ExitStack() as stack:
         for n_exist in existing:
             bn = BenchNode(None, log=log)
-            try:
-                bn.configure("tc")
-                n_agent = NodeAgent(bn.node)
-            except BaseException:
-                bn.close()
-                raise
+            stack.callback(bn.close)  # last: the node's namespaces and pins go with it
+            bn.configure("tc")
             n_node = bn.node
-            n_plugins, n_pods = Plugins(n_node, n_agent.sock), PodNamespaces(n_node)
-            nodes.append((bn, n_agent, n_pods))
+            n_pods = PodNamespaces(n_node)
+            stack.callback(n_pods.remove_all)
+            n_agent = NodeAgent(n_node)
+            stack.callback(n_agent.stop)
+            n_plugins = Plugins(n_node, n_agent.sock)
             conf = n_plugins.confs["xdpcni"]
             # the network's lease directory, as cni/commands/common.lease_store names it
-            n_lease_dir = os.path.join(conf["dataDir"], conf["name"], "ipam")
-            n_graveyard = f"{n_node.ns}-gy"
-            res = _populate(n_node, n_plugins, n_pods, n_exist, n_graveyard, n_lease_dir, log)
-            sets.append(
-                {
-                    "n": n_exist,
-                    "res": res,
-                    "plugins": n_plugins,
-                    "pods": n_pods,
-                    "graveyard": n_graveyard,
-                    "lease_dir": n_lease_dir,
-                    "add": {"xdpcni": [], "xdpcni-agent": []},
-                    "del": {"xdpcni": [], "xdpcni-agent": []},
-                }
+            st = {
+                "n": n_exist,
+                "agent": n_agent,
+                "plugins": n_plugins,
+                "pods": n_pods,
+                "graveyard": f"{n_node.ns}-gy",
+                "lease_dir": os.path.join(conf["dataDir"], conf["name"], "ipam"),
+                "add": {"xdpcni": [], "xdpcni-agent": []},
+                "del": {"xdpcni": [], "xdpcni-agent": []},
+            }
+            stack.callback(_unpopulate, st, log)  # before the agent stops: its pods' DELs
+            sets.append(st)
+            st["res"] = _populate(
+                n_node, n_plugins, n_pods, n_exist, st["graveyard"], st["lease_dir"], log, st
             )
         for c, p, k in interleaved(len(sets), cycles):
             st = sets[k]
@@ -366,6 +374,7 @@ def endpoint_counts(existing: list[int], cycles: int, log=print) -> dict:
             res = st["res"]
             for p in ("xdpcni", "xdpcni-agent"):
                 res[p] = {"add": summary(st["add"][p]), "del": summary(st["del"][p])}
+            res["agent_side"] = _agent_side(st["agent"].served())
             out[str(st["n"])] = res
             log(
                 f"    ADD with {res['endpoints_present']} endpoints: "
@@ -373,21 +382,19 @@ def endpoint_counts(existing: list[int], cycles: int, log=print) -> dict:
                 f"agent p50 {res['xdpcni-agent']['add']['p50_ms']} ms"
             )
         return out
-    finally:
-        for st in sets:
-            for cid, ns in st["res"].pop("real", []):
-                try:
-                    st["plugins"].call("xdpcni-agent", "DEL", cid, ns)
-                finally:
-                    st["pods"].remove(ns)
-            if "fake" in st["res"]:
-                remove_fake_endpoints(st["graveyard"], st["res"]["fake"]["n"], st["lease_dir"])
-        for bn, n_agent, n_pods in nodes:
-            try:
-                n_agent.stop()
-                n_pods.remove_all()
-            finally:
-                bn.close()
+
+
+def _unpopulate(st: dict, log) -> None:
+    """Undo _populate for one node (its real pods through DEL, its fake endpoints and leases);
+    a failed DEL is logged, not raised: the node's own teardown follows either way."""
+    for cid, ns in st.pop("real", []):
+        try:
+            st["plugins"].call("xdpcni-agent", "DEL", cid, ns)
+        except Exception as exc:
+            log(f"    cleanup: {exc}")
+        st["pods"].remove(ns)
+    if "fake_n" in st:
+        remove_fake_endpoints(st["graveyard"], st.pop("fake_n"), st["lease_dir"])
 
 
 def _at_once(plugins: Plugins, plugin: str, verb: str, made: list[tuple[str, str]]) -> dict:
@@ -502,8 +509,8 @@ def run(
 
         # 2. n_concurrent ADDs launched at once, then as many DELs, bridge and xdpcni (agent)
         # alternating over `rounds` rounds; the best round of each is reported, all are kept.
-        # The agent in a CPU cgroup of its own, the runtime's processes in another, as on a node
-        # (bench/cpugroups.py).
+        # The agent in a CPU cgroup of its own, the runtime's processes in another, closer to how
+        # a node runs them (bench/cpugroups.py).
         conc: dict = {"n": n_concurrent, "rounds": {"bridge": [], "xdpcni-agent": []}}
         with (
             cpugroups.separate(f"xdpcni-bench-{node.ns}")
@@ -513,6 +520,7 @@ def run(
             if groups is not None:
                 groups.add_agent(agent.proc.pid)
             conc["cpu_groups"] = groups.how if groups is not None else "one group (--same-cgroup)"
+            log(f"    CPU groups: {conc['cpu_groups']}")
             for r in range(rounds):
                 for p in ("bridge", "xdpcni-agent") if r % 2 == 0 else ("xdpcni-agent", "bridge"):
                     res = concurrent(
@@ -532,11 +540,16 @@ def run(
                         f"p50 {res['add']['p50_ms']} p99 {res['add']['p99_ms']} ms; "
                         f"DELs wall {res['del']['wall_ms']:.0f} ms{cpu} (ADDs / DELs)"
                     )
+        if groups is not None and groups.cleanup_errors:
+            conc["cpu_groups_cleanup"] = groups.cleanup_errors
+            log(f"    CPU groups, cleanup: {'; '.join(groups.cleanup_errors)}")
         conc["best"] = {p: min(v, key=lambda x: x["add"]["wall_ms"]) for p, v in conc["rounds"].items() if v}
         conc["agent_side"] = _agent_side(agent.served()[served_before:])  # run time, turn-wait excluded
         out["concurrent"] = conc
 
         # 3. xdpcni ADD with N endpoints already on the node: a fresh node per N, side by side.
+        # This node's agent would only idle beside theirs (its watcher wakes every second).
+        agent.stop()
         out["add_with_existing"] = endpoint_counts(existing, cycles, log)
     finally:
         agent.stop()
@@ -642,7 +655,7 @@ def main(argv=None) -> int:
     print(f"process overheads: {json.dumps(res['process_overheads'])}")
     print(f"agent side, sequential phase: {json.dumps(res.get('agent_side_sequential'))}")
     print(f"agent side, at-once phase: {json.dumps(res.get('concurrent', {}).get('agent_side'))}")
-    print(f"agent side, whole run: {json.dumps(res.get('agent_side'))}")
+    print(f"agent side, phases 1 and 2 (phase 3 has its own per count): {json.dumps(res.get('agent_side'))}")
     return 0
 
 

@@ -1,26 +1,32 @@
 """CPU cgroups for the CNI benchmark's 100-at-once phase: the node agent in one, the "runtime"
-(this process and the plugin processes it spawns) in another, as on a Kubernetes node.
+(this process and the plugin processes it spawns) in another, closer to a Kubernetes node.
 
-There the agent is the main process of a DaemonSet pod (conf/30-daemonset.yaml), in a pod cgroup
-of its own under kubepods; the CNI plugin processes are children of containerd or CRI-O, in that
-service's cgroup under system.slice. The kernel's CPU scheduler shares the CPU between the two
-groups first and only then between the processes inside each: 100 plugin processes starting at
-once do not push the agent down to 1/101 of the CPU. In one group, as the benchmark ran before,
-they do: the agent's own time per ADD (turn-wait excluded) reached 55-193 ms at p99 and its CPU
-per ADD nearly doubled. Both groups get the default weight (cgroup v2 cpu.weight 100, v1
-cpu.shares 1024; on a node kubepods.slice's weight follows the allocatable CPUs, e.g. 79 for two,
-against system.slice's 100). A plugin without an agent (bridge, ptp) runs all its work in the
-runtime group, as on a node.
+There the agent is the main process of a DaemonSet pod (conf/kubernetes/30-daemonset.yaml), in a
+pod cgroup of its own under kubepods; the CNI plugin processes are children of containerd or
+CRI-O, in that service's cgroup under system.slice. The kernel's CPU scheduler shares the CPU
+between groups first and only then between the processes inside each, so 100 plugin processes
+starting at once do not get the agent's share. In one group, as the benchmark ran before, the
+agent is one of ~101 runnable processes; in two A/B pairs of standalone runs it then used
+36-69 % more CPU for the same 100 ADDs. Both groups here get the default weight (cgroup v2
+cpu.weight 100, v1 cpu.shares 1024). A node is not exactly that: kubepods.slice's weight
+follows the allocatable CPUs (79 for two, against system.slice's 100), and the agent's pod
+(requests cpu: 100m, Burstable) shares kubepods with whatever other pods are busy. A plugin
+without an agent (bridge, ptp) runs all its work in the runtime group, as on a node.
 
 Works with cgroup v2 (a "cpu" controller the root can hand down) or v1's "cpu" hierarchy; where
-neither can be used, `separate()` yields a CpuGroups whose `how` says why and moves nothing. Every
-group made is removed on exit, after the processes moved into it are moved back where they were.
+neither can be used (no hierarchy, a read-only mount, no permission), `separate()` yields a
+CpuGroups whose `base` is None and whose `how` says why, and moves nothing. On exit every
+process moved is moved back (to its old group, or the nearest ancestor still there), the groups
+made are removed, and a cpu controller enabled at the root for this is disabled again; cleanup
+problems are reported in `cleanup_errors`, never raised over the benchmark's own outcome.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import time
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -41,7 +47,8 @@ def _hierarchy() -> tuple[str, str] | tuple[None, str]:
 
 
 def _current(pid: int, version: str) -> str:
-    """The cgroup path (relative to the hierarchy's root) of `pid` in the cpu hierarchy."""
+    """The cgroup path (relative to the hierarchy's root) of `pid` in the cpu hierarchy
+    (/proc/PID/cgroup: "0::PATH" for v2, "N:...,cpu,...:PATH" for v1)."""
     with open(f"/proc/{pid}/cgroup") as fh:
         for line in fh:
             _, controllers, path = line.rstrip("\n").split(":", 2)
@@ -56,9 +63,12 @@ class CpuGroups:
     """What separate() made: `how` for the results, `add_agent(pid)` to move an agent in."""
 
     def __init__(self, mount: str | None, version: str, name: str):
-        self.mount, self.version = mount, version
+        self.mount, self.version, self.name = mount, version, name
         self.base = os.path.join(mount, name) if mount else None
+        self.made: list[str] = []  # directories created, in creation order
         self.moved: list[tuple[int, str]] = []  # (pid, its cgroup before), to move back
+        self.root_cpu_enabled = False  # "+cpu" written to the root's subtree_control by us
+        self.cleanup_errors: list[str] = []
         self.how = version if mount is None else f"cgroup {version}: {name}/runtime and {name}/agent"
 
     def _move(self, pid: int, group: str) -> None:
@@ -71,41 +81,88 @@ class CpuGroups:
         if self.base:
             self._move(pid, "agent")
 
+    def _mkdir(self, path: str) -> None:
+        os.mkdir(path)
+        self.made.append(path)
+
     def _setup(self) -> None:
-        os.mkdir(self.base)
         if self.version == "v2":  # the "no internal processes" rule: controllers below, processes in leaves
-            with open(os.path.join(self.mount, "cgroup.subtree_control"), "w") as fh:
-                fh.write("+cpu")
+            with open(os.path.join(self.mount, "cgroup.subtree_control")) as fh:
+                enabled = "cpu" in fh.read().split()
+            if not enabled:
+                with open(os.path.join(self.mount, "cgroup.subtree_control"), "w") as fh:
+                    fh.write("+cpu")
+                self.root_cpu_enabled = True
+        self._mkdir(self.base)
+        if self.version == "v2":
             with open(os.path.join(self.base, "cgroup.subtree_control"), "w") as fh:
                 fh.write("+cpu")
         for group in ("runtime", "agent"):
-            os.mkdir(os.path.join(self.base, group))
+            self._mkdir(os.path.join(self.base, group))
         self._move(os.getpid(), "runtime")
+
+    def _move_back(self, pid: int, before: str) -> None:
+        path = before
+        while True:  # its old group, else the nearest ancestor still there (a systemd scope
+            # left empty by our move may have been removed meanwhile)
+            procs = os.path.join(self.mount, path.lstrip("/"), "cgroup.procs")
+            if os.path.exists(procs) or path in ("", "/"):
+                break
+            path = os.path.dirname(path.rstrip("/"))
+        try:
+            with open(procs, "w") as fh:
+                fh.write(str(pid))
+        except ProcessLookupError:  # exited meanwhile (an agent stopped): nothing to move
+            pass
+        except OSError as exc:
+            self.cleanup_errors.append(f"moving {pid} back to {path}: {exc}")
 
     def _teardown(self) -> None:
         for pid, before in reversed(self.moved):
+            self._move_back(pid, before)
+        for path in reversed(self.made):
+            for _ in range(50):  # bounded: ~0.5 s
+                try:
+                    os.rmdir(path)
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY:  # gone already, read-only, ...: report, go on
+                        if exc.errno != errno.ENOENT:
+                            self.cleanup_errors.append(f"removing {path}: {exc}")
+                        break
+                    try:  # a process still in it (a child the benchmark started and left
+                        # running): to the hierarchy's root, which always takes processes
+                        with open(os.path.join(path, "cgroup.procs")) as fh:
+                            strays = [int(line) for line in fh if line.strip()]
+                    except OSError:
+                        strays = []
+                    for pid in strays:
+                        self._move_back(pid, "/")
+                    time.sleep(0.01)
+            else:
+                self.cleanup_errors.append(f"removing {path}: still busy")
+        if self.root_cpu_enabled:
             try:
-                with open(os.path.join(self.mount, before.lstrip("/"), "cgroup.procs"), "w") as fh:
-                    fh.write(str(pid))
-            except OSError:  # exited (an agent stopped meanwhile) or its group is gone
-                pass
-        for group in ("runtime", "agent", ""):
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(os.path.join(self.base, group) if group else self.base)
+                with open(os.path.join(self.mount, "cgroup.subtree_control"), "w") as fh:
+                    fh.write("-cpu")
+            except OSError as exc:  # another user of it appeared meanwhile: leave it on
+                self.cleanup_errors.append(f"disabling the root's cpu controller: {exc}")
 
 
 @contextlib.contextmanager
 def separate(name: str):
     """A CpuGroups named `name` (one directory in the cpu hierarchy), this process in its runtime
-    group for the duration; with no usable hierarchy, or one that refuses (a container without
-    write access), a CpuGroups that moves nothing and says why in `how`."""
+    group for the duration. With no usable hierarchy, or one that refuses (a read-only mount, no
+    permission), a CpuGroups with `base` None that moves nothing and says why in `how`."""
     mount, version = _hierarchy()
     groups = CpuGroups(mount, version, name)
     if mount is not None:
         try:
             groups._setup()
-        except OSError as exc:
+        except BaseException as exc:
             groups._teardown()
+            if not isinstance(exc, OSError):
+                raise
             groups = CpuGroups(None, f"not used: {exc}", name)
     try:
         yield groups

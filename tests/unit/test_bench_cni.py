@@ -59,3 +59,25 @@ def test_endpoint_counts_are_measured_side_by_side():
     assert firsts == [0, 1, 0, 1]
     assert [c for c, _, _ in order] == sorted(c for c, _, _ in order)  # cycle by cycle, not count by count
     assert interleaved(1, 3) == [(c, p, 0) for c in range(3) for p in ("xdpcni", "xdpcni-agent")]
+
+
+def test_cpu_groups_fall_back_where_the_hierarchy_is_read_only(tmp_path, monkeypatch):
+    """bench/cpugroups.separate on a read-only cgroup mount (a container's usual
+    /sys/fs/cgroup): the phase runs in one group and says why; nothing is raised, not even by
+    the cleanup (rmdir on a read-only mount fails with EROFS even for a name that is not there),
+    and nothing is moved."""
+    import errno
+
+    from bench import cpugroups
+
+    def read_only(path, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+
+    monkeypatch.setattr(cpugroups, "_hierarchy", lambda: (str(tmp_path), "v1"))
+    monkeypatch.setattr(cpugroups.os, "mkdir", read_only)
+    monkeypatch.setattr(cpugroups.os, "rmdir", read_only)
+    with cpugroups.separate("xdpcni-bench-x") as groups:
+        assert groups.base is None
+        assert groups.how.startswith("not used: ") and "Read-only" in groups.how
+        groups.add_agent(1)  # a no-op
+    assert groups.moved == [] and list(tmp_path.iterdir()) == []
