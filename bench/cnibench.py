@@ -347,13 +347,13 @@ def endpoint_counts(existing: list[int], cycles: int, log=print) -> dict:
             stack.callback(n_agent.stop)
             n_plugins = Plugins(n_node, n_agent.sock)
             conf = n_plugins.confs["xdpcni"]
-            # the network's lease directory, as cni/commands/common.lease_store names it
             st = {
                 "n": n_exist,
                 "agent": n_agent,
                 "plugins": n_plugins,
                 "pods": n_pods,
                 "graveyard": f"{n_node.ns}-gy",
+                # the network's lease directory, as cni/commands/common.lease_store names it
                 "lease_dir": os.path.join(conf["dataDir"], conf["name"], "ipam"),
                 "add": {"xdpcni": [], "xdpcni-agent": []},
                 "del": {"xdpcni": [], "xdpcni-agent": []},
