@@ -483,7 +483,7 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_agent(args) -> int:
-    from .agent import serve
+    from .agent import log_line, serve
 
     services = []
     if args.kubernetes:
@@ -492,7 +492,7 @@ def cmd_agent(args) -> int:
         from .install import CniInstaller
         from .k8s import KubernetesMode
 
-        log = lambda m: print(f"xdpcni-agent: {m}", flush=True)  # noqa: E731
+        log = log_line  # the agent's own log: whole lines from every thread
         installer = CniInstaller(
             args.cni_bin_dir,
             args.cni_conf_dir,
