@@ -274,22 +274,15 @@ def remove_fake_endpoints(graveyard: str, n: int = 0, lease_dir: str | None = No
             pass
 
 
-def _populate(
-    node: Node,
-    plugins: Plugins,
-    pods: PodNamespaces,
-    n_exist: int,
-    graveyard: str,
-    lease_dir: str,
-    log,
-    undo: dict,
-) -> dict:
-    """Bring `node` to `n_exist` endpoints: real pods through the executable up to 50, endpoints
-    inserted directly above (add_fake_endpoints). What it makes is noted in `undo` as it is made
-    ("real": the pods to delete, "fake_n": the fake endpoints), for _unpopulate."""
+def _populate(node: Node, st: dict, log) -> dict:
+    """Bring `node` to st["n"] endpoints: real pods through the executable (st["plugins"],
+    st["pods"]) up to 50, endpoints inserted directly above (add_fake_endpoints, in
+    st["graveyard"] with leases in st["lease_dir"]). What it makes is noted in `st` as it is
+    made ("real": the pods to delete, "fake_n": the fake endpoints), for _unpopulate."""
+    plugins, pods, n_exist = st["plugins"], st["pods"], st["n"]
     res: dict = {}
     base = settled_endpoint_count(node)
-    undo["real"] = real = []
+    st["real"] = real = []
     if n_exist <= 50:  # real pods through the executable
         for i in range(max(0, n_exist - base)):
             ns = pods.new(f"ke{i}")
@@ -297,8 +290,8 @@ def _populate(
             plugins.call("xdpcni-agent", "ADD", f"bench-exist-{i}", ns)
         res["how"] = f"{len(real)} pods added with xdpcni ADD (+{base} already there)"
     else:
-        undo["fake_n"] = n_exist - base
-        res["fake"] = add_fake_endpoints(node, n_exist - base, graveyard, log, lease_dir)
+        st["fake_n"] = n_exist - base
+        res["fake"] = add_fake_endpoints(node, n_exist - base, st["graveyard"], log, st["lease_dir"])
         res["how"] = (
             f"{n_exist - base} endpoints inserted directly with datapath.endpoints."
             f"EndpointTable (a real veth pair and a lease each in xdpcni's network, no "
@@ -360,9 +353,7 @@ def endpoint_counts(existing: list[int], cycles: int, log=print) -> dict:
             }
             stack.callback(_unpopulate, st, log)  # before the agent stops: its pods' DELs
             sets.append(st)
-            st["res"] = _populate(
-                n_node, n_plugins, n_pods, n_exist, st["graveyard"], st["lease_dir"], log, st
-            )
+            st["res"] = _populate(n_node, st, log)
         for c, p, k in interleaved(len(sets), cycles):
             st = sets[k]
             ns = st["pods"].new(f"ky{p[-1]}{c}")
